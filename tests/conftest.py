@@ -1,0 +1,58 @@
+"""Shared fixtures: the real captures, their tshark ground truth, and prerequisite checks.
+
+Under CI=true a missing prerequisite (root, tmux, a Debian tool) is a failure, never a skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # entry point: make the project importable without installing it
+    sys.path.insert(0, str(ROOT))
+
+CAPTURES = Path(os.environ.get("PACKETTRACER_CAPTURES", ROOT.parent / "shared" / "captures"))
+EXPECTED = CAPTURES / "expected"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip outside CI; fail inside CI, where every prerequisite must be installed."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"prerequisite missing under CI: {reason}")
+    pytest.skip(reason)
+
+
+def require_root() -> None:
+    require(os.geteuid() == 0, "needs root (network namespaces / live capture)")
+
+
+def require_tool(*names: str) -> None:
+    for name in names:
+        require(shutil.which(name) is not None, f"needs '{name}' on PATH")
+
+
+def all_captures() -> list[Path]:
+    require(CAPTURES.is_dir(), f"captures folder {CAPTURES} not found")
+    return sorted(p for p in CAPTURES.iterdir() if p.suffix in (".pcap", ".pcapng"))
+
+
+def expected_for(capture: Path) -> dict:
+    return json.loads((EXPECTED / (capture.stem + ".json")).read_text())
+
+
+CAPTURE_FILES = sorted(p for p in CAPTURES.iterdir() if p.suffix in (".pcap", ".pcapng")) \
+    if CAPTURES.is_dir() else []
+
+
+@pytest.fixture
+def captures_dir() -> Path:
+    require(CAPTURES.is_dir(), f"captures folder {CAPTURES} not found")
+    return CAPTURES
