@@ -1,0 +1,404 @@
+"""Bidirectional flows keyed by the 5-tuple.
+
+Each flow is stored under both directional keys, so one dict lookup per packet finds the flow
+and tells the direction without normalising the tuple. The flow's ``src`` is the initiator:
+the sender of the SYN for TCP, otherwise the sender of the first packet seen (tshark's A side).
+
+Flows leave the table by idle expiry, LRU-style eviction over ``max_flows``, or (TCP) a close
+followed by a short linger; they are never lost: retired flows are handed to listeners (the
+database writer) and kept, bounded, for exports.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+from capture.packet import (
+    ACK, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RST, SYN, ParsedPacket,
+    proto_name,
+)
+from config import FLOW_HISTORY_LIMIT, FLOW_TIMEOUT, MAX_FLOWS, TCP_CLOSE_LINGER
+
+_PORTED = (PROTO_TCP, PROTO_UDP, PROTO_SCTP)
+_ECHO_TYPES = {PROTO_ICMP: (0, 8, 13, 14), PROTO_ICMPV6: (128, 129)}
+
+
+class TcpAnalyzer(Protocol):
+    """What the flow tracker needs from the per-connection TCP analysis (tracking/tcp_state)."""
+
+    state: str
+    closed: bool
+
+    def update(self, pkt: ParsedPacket, forward: bool) -> int: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True, eq=False)
+class Flow:
+    """One conversation. ``src`` is the initiator; *_sent counts src->dst, *_recv dst->src."""
+
+    proto: int
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    first_seen: float
+    last_seen: float
+    generation: int = 0
+    packets_sent: int = 0
+    packets_recv: int = 0
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    ttl_sent: int = 0
+    ttl_recv: int = 0
+    flags_sent: int = 0
+    flags_recv: int = 0
+    ip_version: int = 4
+    tcp: TcpAnalyzer | None = None
+    classification: str = ""
+    encrypted: bool = False
+    closed_at: float = 0.0
+    #: why the flow left the table: "" (active), "idle", "closed", "evicted", "end"
+    retired: str = ""
+    agent: str = ""
+    _key: str = field(default="", repr=False)
+
+    @property
+    def flow_key(self) -> str:
+        """Stable id: the same flow in a replay or after a restart gets the same key."""
+        if not self._key:
+            k = f"{proto_name(self.proto)}|{self.src_ip}|{self.src_port}|{self.dst_ip}|{self.dst_port}"
+            self._key = k if not self.generation else f"{k}|{self.generation}"
+        return self._key
+
+    @property
+    def protocol(self) -> str:
+        return proto_name(self.proto)
+
+    @property
+    def packets(self) -> int:
+        return self.packets_sent + self.packets_recv
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_sent + self.bytes_recv
+
+    @property
+    def state(self) -> str:
+        if self.tcp is not None:
+            return self.tcp.state
+        if self.retired:
+            return "CLOSED"
+        return "ACTIVE"
+
+    @property
+    def has_ports(self) -> bool:
+        return self.proto in _PORTED
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flow part of the export contract (see README "Export")."""
+        ported = self.proto in _PORTED
+        d: dict[str, Any] = {
+            "flow_key": self.flow_key,
+            "protocol": self.protocol,
+            "ip_version": self.ip_version,
+            "src_ip": self.src_ip,
+            "src_port": self.src_port if ported else None,
+            "dst_ip": self.dst_ip,
+            "dst_port": self.dst_port if ported else None,
+            "packets_sent": self.packets_sent,
+            "packets_recv": self.packets_recv,
+            "bytes_sent": self.bytes_sent,
+            "bytes_recv": self.bytes_recv,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "duration": round(self.last_seen - self.first_seen, 6),
+            "state": self.state,
+            "classification": self.classification or None,
+            "encrypted": self.encrypted,
+            "ttl_sent": self.ttl_sent or None,
+            "ttl_recv": self.ttl_recv or None,
+        }
+        if self.proto in (PROTO_ICMP, PROTO_ICMPV6) and self.src_port:
+            d["icmp_id"] = self.src_port
+        tcp_fields = ("retransmissions", "fast_retransmissions", "out_of_order", "dup_acks",
+                      "zero_windows", "resets", "handshake_rtt_ms")
+        if self.tcp is not None:
+            td = self.tcp.as_dict()
+            for name in tcp_fields:
+                d[name] = td.get(name)
+            for name, value in td.items():
+                d.setdefault("tcp_" + name if name not in tcp_fields else name, value)
+        else:
+            for name in tcp_fields:
+                d[name] = None
+        if self.agent:
+            d["agent"] = self.agent
+        return d
+
+
+FlowListener = Callable[[Flow], None]
+
+
+class FlowTracker:
+    """The flow table. ``process`` runs on the pipeline thread; readers call ``snapshot``.
+
+    The pipeline holds ``lock`` around each batch of packets, and readers around their copy, so
+    a snapshot is consistent and the capture path takes the lock once per batch, not per packet.
+    """
+
+    def __init__(self, max_flows: int = MAX_FLOWS, idle_timeout: float = FLOW_TIMEOUT,
+                 close_linger: float = TCP_CLOSE_LINGER, history_limit: int = FLOW_HISTORY_LIMIT,
+                 tcp_factory: Callable[[], TcpAnalyzer] | None = None) -> None:
+        self.max_flows = max_flows
+        self.idle_timeout = idle_timeout
+        self.close_linger = close_linger
+        self.history_limit = history_limit
+        self.tcp_factory = tcp_factory
+        self.lock = threading.RLock()
+        #: directional key -> (flow, forward)
+        self._table: dict[tuple, tuple[Flow, bool]] = {}
+        self._active: dict[int, Flow] = {}
+        # IPv4/IPv6 fragment id -> (flow, forward), so later fragments land in the first's flow
+        self._frags: dict[tuple, tuple[Flow, bool]] = {}
+        self._generations: dict[tuple, int] = {}
+        self.retired: list[Flow] = []
+        self.retired_dropped = 0
+        self.total_flows = 0
+        self.evicted = 0
+        self.expired = 0
+        self.listeners: list[FlowListener] = []
+        self.new_flow_listeners: list[FlowListener] = []
+        self._last_expiry = 0.0
+
+    # ---- hot path ----------------------------------------------------------------------------
+    def process(self, pkt: ParsedPacket) -> tuple[Flow, bool] | None:
+        """Account one packet; returns (flow, forward) or None for non-IP frames."""
+        proto = pkt.proto
+        if not pkt.ip_version or pkt.malformed and not pkt.src_ip:
+            return None
+        src = pkt.src_ip
+        dst = pkt.dst_ip
+        if pkt.is_fragment and pkt.frag_offset:
+            fk = (src, dst, pkt.ip_id, proto)
+            hit = self._frags.get(fk)
+            if hit is None:
+                key = (proto, src, 0, dst, 0)
+                hit = self._table.get(key) or self._new_flow(pkt, key, src, 0, dst, 0)
+            flow, fwd = hit
+            self._account(flow, fwd, pkt)
+            if not pkt.more_fragments:
+                self._frags.pop(fk, None)
+            return hit
+        if proto in _PORTED:
+            sport = pkt.sport
+            dport = pkt.dport
+        elif proto in _ECHO_TYPES and pkt.icmp_type in _ECHO_TYPES[proto]:
+            sport = dport = pkt.icmp_id
+        else:
+            sport = dport = 0
+        key = (proto, src, sport, dst, dport)
+        hit = self._table.get(key)
+        if hit is None:
+            hit = self._new_flow(pkt, key, src, sport, dst, dport)
+        else:
+            flow = hit[0]
+            if flow.tcp is not None and flow.tcp.closed and pkt.tcp_flags & (SYN | ACK) == SYN:
+                # A fresh SYN on a finished connection starts a new one (tshark: a new stream).
+                self._retire(flow, "closed")
+                hit = self._new_flow(pkt, key, src, sport, dst, dport)
+        flow, fwd = hit
+        self._account(flow, fwd, pkt)
+        if pkt.is_fragment:
+            self._frags[(src, dst, pkt.ip_id, proto)] = hit
+            if len(self._frags) > 4096:
+                self._frags.clear()
+        return hit
+
+    def _account(self, flow: Flow, fwd: bool, pkt: ParsedPacket) -> None:
+        if fwd:
+            flow.packets_sent += 1
+            flow.bytes_sent += pkt.wire_len
+            flow.ttl_sent = pkt.ttl
+            flow.flags_sent |= pkt.tcp_flags
+        else:
+            flow.packets_recv += 1
+            flow.bytes_recv += pkt.wire_len
+            flow.ttl_recv = pkt.ttl
+            flow.flags_recv |= pkt.tcp_flags
+        if pkt.ts > flow.last_seen:
+            flow.last_seen = pkt.ts
+        tcp = flow.tcp
+        if tcp is not None and pkt.proto == PROTO_TCP and not pkt.is_fragment:
+            tcp.update(pkt, fwd)
+            if tcp.closed and not flow.closed_at:
+                flow.closed_at = pkt.ts or 1e-9
+
+    def _new_flow(self, pkt: ParsedPacket, key: tuple, src: str, sport: int, dst: str,
+                  dport: int) -> tuple[Flow, bool]:
+        proto = key[0]
+        # The initiator is the sender of a SYN; a SYN/ACK seen first means the other side began.
+        if proto == PROTO_TCP and pkt.tcp_flags & (SYN | ACK) == SYN | ACK:
+            src, sport, dst, dport = dst, dport, src, sport
+        fkey = (proto, src, sport, dst, dport)
+        gen = self._generations.get(fkey, -1) + 1
+        self._generations[fkey] = gen
+        if len(self._generations) > 4 * self.max_flows:
+            self._generations.clear()
+        flow = Flow(proto, src, sport, dst, dport, pkt.ts, pkt.ts, generation=gen,
+                    ip_version=pkt.ip_version)
+        if proto == PROTO_TCP and self.tcp_factory is not None:
+            flow.tcp = self.tcp_factory()
+        self._table[fkey] = (flow, True)
+        self._table[(proto, dst, dport, src, sport)] = (flow, False)
+        self._active[id(flow)] = flow
+        self.total_flows += 1
+        for cb in self.new_flow_listeners:
+            cb(flow)
+        if len(self._active) > self.max_flows:
+            self._evict()
+        return self._table[key]
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def _unlink(self, flow: Flow) -> None:
+        f = (flow.proto, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port)
+        r = (flow.proto, flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port)
+        for k in (f, r):
+            hit = self._table.get(k)
+            if hit is not None and hit[0] is flow:
+                del self._table[k]
+        self._active.pop(id(flow), None)
+
+    def _retire(self, flow: Flow, why: str) -> None:
+        self._unlink(flow)
+        flow.retired = why
+        if len(self.retired) < self.history_limit:
+            self.retired.append(flow)
+        else:
+            self.retired_dropped += 1
+        for cb in self.listeners:
+            cb(flow)
+
+    def _evict(self) -> None:
+        # Evict the least recently seen ~1% in one pass instead of maintaining LRU order per packet.
+        n = max(1, len(self._active) // 100)
+        victims = sorted(self._active.values(), key=lambda f: f.last_seen)[:n]
+        for flow in victims:
+            self.evicted += 1
+            self._retire(flow, "evicted")
+
+    def expire(self, now: float) -> int:
+        """Retire idle flows and closed TCP flows past their linger; returns how many."""
+        self._last_expiry = now
+        idle_before = now - self.idle_timeout
+        linger_before = now - self.close_linger
+        gone = [f for f in self._active.values()
+                if f.last_seen < idle_before or (f.closed_at and f.closed_at < linger_before)]
+        for flow in gone:
+            why = "closed" if flow.closed_at else "idle"
+            if why == "idle":
+                self.expired += 1
+            self._retire(flow, why)
+        return len(gone)
+
+    def maybe_expire(self, now: float, every: float = 1.0) -> None:
+        if now - self._last_expiry >= every:
+            self.expire(now)
+
+    def finish(self) -> None:
+        """End of capture: every active flow is retired so listeners see its final state."""
+        for flow in list(self._active.values()):
+            self._retire(flow, "end")
+
+    # ---- readers -----------------------------------------------------------------------------
+    def snapshot(self) -> list[Flow]:
+        """Active flows (shared objects: read them, don't change them)."""
+        with self.lock:
+            return list(self._active.values())
+
+    def all_flows(self) -> list[Flow]:
+        """Active and retired flows of the run, retired first (for exports)."""
+        with self.lock:
+            return list(self.retired) + list(self._active.values())
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+
+# ---- snapshot helpers (pure functions over lists of flows) -----------------------------------
+SORT_KEYS: dict[str, Callable[[Flow], Any]] = {
+    "bytes": lambda f: f.bytes_sent + f.bytes_recv,
+    "packets": lambda f: f.packets_sent + f.packets_recv,
+    "time": lambda f: f.last_seen,
+    "start": lambda f: f.first_seen,
+}
+
+
+def filter_flows(flows: Iterable[Flow], text: str = "", port: int | None = None,
+                 proto: str = "", local: bool | None = None,
+                 is_local: Callable[[str], bool] | None = None,
+                 names: Callable[[Flow], str] | None = None) -> list[Flow]:
+    """Filter by IP (or name) substring, port, protocol name, and local/remote traffic."""
+    out = []
+    text = text.lower()
+    proto = proto.upper()
+    for f in flows:
+        if proto and f.protocol.upper() != proto:
+            continue
+        if port is not None and port not in (f.src_port, f.dst_port):
+            continue
+        if text and text not in f.src_ip and text not in f.dst_ip and not (
+                names is not None and text in names(f).lower()):
+            continue
+        if local is not None and is_local is not None:
+            both_local = is_local(f.src_ip) and is_local(f.dst_ip)
+            if both_local != local:
+                continue
+        out.append(f)
+    return out
+
+
+def sort_flows(flows: list[Flow], mode: str = "bytes", rates: dict[str, float] | None = None,
+               limit: int | None = None) -> list[Flow]:
+    if mode == "rate" and rates is not None:
+        key: Callable[[Flow], Any] = lambda f: rates.get(f.flow_key, 0.0)
+    else:
+        key = SORT_KEYS.get(mode, SORT_KEYS["bytes"])
+    if limit is not None and limit < len(flows):
+        import heapq
+        return heapq.nlargest(limit, flows, key=key)
+    return sorted(flows, key=key, reverse=True)
+
+
+@dataclass(slots=True)
+class Destination:
+    """Flows aggregated by remote endpoint (the Traffic view's destinations mode)."""
+
+    ip: str
+    flows: int = 0
+    packets: int = 0
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    ports: set[int] = field(default_factory=set)
+    protocols: set[str] = field(default_factory=set)
+    last_seen: float = 0.0
+
+
+def destinations(flows: Iterable[Flow]) -> list[Destination]:
+    out: dict[str, Destination] = {}
+    for f in flows:
+        d = out.get(f.dst_ip)
+        if d is None:
+            d = out[f.dst_ip] = Destination(f.dst_ip)
+        d.flows += 1
+        d.packets += f.packets
+        d.bytes_sent += f.bytes_sent
+        d.bytes_recv += f.bytes_recv
+        if f.has_ports:
+            d.ports.add(f.dst_port)
+        d.protocols.add(f.protocol)
+        d.last_seen = max(d.last_seen, f.last_seen)
+    return sorted(out.values(), key=lambda d: d.bytes_sent + d.bytes_recv, reverse=True)
