@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""PacketTracer command line: live dashboard, capture files, headless summaries and exports.
+
+Every error a user can cause is reported here as one line on stderr with a non-zero exit;
+library code raises typed errors and never exits.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+if __package__ in (None, ""):  # entry point: make the project's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import config  # noqa: E402
+from capture.errors import CaptureError  # noqa: E402
+from utils.logger import get_logger, setup_logging  # noqa: E402
+
+log = get_logger("main")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="packettracer",
+        description="Live terminal network analyzer: flows, TCP, DNS, ports, paths, alerts.")
+    src = p.add_argument_group("capture")
+    src.add_argument("-i", "--interface", help="interface to capture on (default: the default-route interface)")
+    src.add_argument("-f", "--filter", dest="bpf", help="BPF capture filter, e.g. 'tcp port 443'")
+    src.add_argument("-r", "--read", metavar="FILE", help="read a pcap/pcapng (optionally gzip'd) file instead of capturing")
+    src.add_argument("--realtime", action="store_true", help="with -r: replay at the original pace")
+    src.add_argument("-w", "--write", metavar="FILE", help="save captured packets to a pcapng file")
+    src.add_argument("--write-max-mb", type=int, metavar="MB", help="rotate -w files at this size")
+    src.add_argument("-c", "--count", type=int, default=0, metavar="N", help="stop after N packets")
+    src.add_argument("--duration", type=float, default=0.0, metavar="SECONDS", help="stop after this many seconds")
+    src.add_argument("--list", action="store_true", help="list interfaces and exit")
+    ui = p.add_argument_group("output")
+    ui.add_argument("--no-ui", action="store_true", help="no dashboard: print a summary at the end")
+    ui.add_argument("--simple", action="store_true", help="Traffic view only, no keyboard (Ctrl+C exits)")
+    ui.add_argument("--export-json", metavar="PATH", help="write the JSON export at the end")
+    ui.add_argument("--export-csv", metavar="PATH", help="write the flows as CSV at the end")
+    res = p.add_argument_group("resolution")
+    res.add_argument("--no-geo", action="store_true", help="no geo/ASN lookups at all")
+    res.add_argument("--offline", action="store_true", help="never send anything for resolution")
+    res.add_argument("--online", action="store_true", help="also ask ip-api.com (rate-limited)")
+    res.add_argument("--no-rdns", action="store_true", help="no reverse DNS (PTR) lookups")
+    res.add_argument("--geoip-db", action="append", metavar="MMDB", help="MaxMind .mmdb file (repeatable)")
+    db = p.add_argument_group("storage")
+    db.add_argument("--db", metavar="PATH", help="database file (default ~/.packettracer/data.db)")
+    db.add_argument("--no-db", action="store_true", help="keep everything in memory only")
+    db.add_argument("--sessions", action="store_true", help="list stored sessions and exit")
+    db.add_argument("--session", type=int, metavar="N", help="open or export stored session N")
+    paths = p.add_argument_group("paths")
+    paths.add_argument("-t", "--trace", metavar="HOST", action="append", help="traceroute to HOST at start")
+    paths.add_argument("--rounds", type=int, default=0, help="with -t --no-ui: rounds of probes")
+    misc = p.add_argument_group("misc")
+    misc.add_argument("--config", metavar="PATH", help="TOML config file")
+    misc.add_argument("--log-file", metavar="PATH", help="log file (default ~/.packettracer/packettracer.log)")
+    misc.add_argument("-v", "--verbose", action="count", default=0, help="more log detail (-vv for debug)")
+    misc.add_argument("--version", action="version", version=f"PacketTracer {config.VERSION}")
+    return p
+
+
+def cli_overrides(args: argparse.Namespace) -> dict:
+    """CLI flags that map onto config settings (the top layer)."""
+    o: dict = {}
+    if args.interface:
+        o["DEFAULT_INTERFACE"] = args.interface
+    if args.bpf is not None:
+        o["CAPTURE_FILTER"] = args.bpf
+    if args.write_max_mb is not None:
+        o["WRITE_MAX_MB"] = args.write_max_mb
+    if args.no_geo:
+        o["GEO_ENABLED"] = False
+    if args.online:
+        o["GEO_ONLINE"] = True
+    if args.offline:
+        o["GEO_ONLINE"] = False
+        o["DNS_RDNS_ENABLED"] = False
+        o["WHOIS_ENABLED"] = False
+    if args.no_rdns:
+        o["DNS_RDNS_ENABLED"] = False
+    if args.geoip_db:
+        o["GEO_MMDB_PATHS"] = list(args.geoip_db)
+    if args.db:
+        o["DB_PATH"] = args.db
+    if args.no_db:
+        o["DB_ENABLED"] = False
+    if args.log_file:
+        o["LOG_FILE"] = args.log_file
+    return o
+
+
+def list_interfaces_cmd() -> int:
+    from capture.interfaces import default_interface, list_interfaces
+    default = default_interface()
+    for i in list_interfaces():
+        mark = "*" if i.name == default else " "
+        state = "up" if i.up else "down"
+        print(f"{mark} {i.name:<16} {state:<5} {', '.join(i.addresses) or '-'}")
+    return EXIT_OK
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = config.load_settings(cli_overrides(args), args.config)
+    except config.ConfigError as exc:
+        print(f"packettracer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(settings.LOG_FILE, args.verbose, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS)
+    if args.list:
+        return list_interfaces_cmd()
+    if args.realtime and not args.read:
+        print("packettracer: --realtime needs -r FILE", file=sys.stderr)
+        return EXIT_USAGE
+    if args.count < 0 or args.duration < 0:
+        print("packettracer: --count and --duration must not be negative", file=sys.stderr)
+        return EXIT_USAGE
+
+    from runtime import Runtime, RuntimeError_
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        rt = Runtime(settings, args, stop)
+    except (CaptureError, RuntimeError_) as exc:
+        print(f"packettracer: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return rt.main()
+    except (CaptureError, RuntimeError_) as exc:
+        print(f"packettracer: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        stop.set()
+        rt.shutdown()
+        return EXIT_INTERRUPTED
+    finally:
+        rt.close()
+
+
+def main() -> None:
+    try:
+        code = run()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

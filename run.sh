@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Run PacketTracer: create/refresh .venv on first use (or when requirements change), then run
+# main.py with the given arguments, re-executing with sudo when live capture needs root.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="$here/.venv"
+py="${PYTHON:-python3}"
+
+needs_root() {
+    # Live capture needs root; reading a file (-r), listing, history and help do not.
+    local a
+    for a in "$@"; do
+        case "$a" in
+            --test|-r|--read|--read=*|--list|--sessions|--session|--session=*|-h|--help|--version|--relay-server) return 1 ;;
+        esac
+    done
+    return 0
+}
+
+if [ "$(id -u)" -ne 0 ] && needs_root "$@"; then
+    if command -v sudo >/dev/null 2>&1; then
+        exec sudo -E "$0" "$@"
+    fi
+    echo "packettracer: live capture needs root: run with sudo, or read a file with -r FILE" >&2
+    exit 1
+fi
+
+stamp="$venv/.requirements.sha256"
+want="$(cat "$here/requirements.txt" "$here/requirements-dev.txt" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "packettracer: setting up $venv (first run or requirements changed)..." >&2
+    "$py" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip >&2
+    "$venv/bin/pip" install --quiet -r "$here/requirements-dev.txt" >&2
+    echo "$want" > "$stamp"
+    if [ -n "${SUDO_UID:-}" ]; then chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$venv" 2>/dev/null || true; fi
+fi
+if [ "${1:-}" = "--test" ]; then
+    shift
+    cd "$here"
+    exec "$venv/bin/python" -m pytest "$@"
+fi
+exec "$venv/bin/python" "$here/main.py" "$@"

@@ -1,0 +1,253 @@
+"""The composition root: builds the source, trackers, pipeline, storage and outputs for a run.
+
+main.py parses the command line; this module decides what runs. Everything a run needs is
+constructed here and passed in, so the pieces below never reach for globals.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from capture.errors import CaptureError
+from capture.interfaces import default_interface
+from capture.sniffer import FileSource, LiveSource, PacketSource
+from capture.writer import PcapngWriter
+from config import Settings, VERSION
+from export.document import build_document
+from export.json_exporter import write_json
+from export.csv_exporter import write_flows_csv
+from pipeline import Pipeline
+from tracking.flow import FlowTracker
+from utils.format import human_bytes
+from utils.logger import get_logger
+
+log = get_logger(__name__)
+
+
+class RuntimeError_(Exception):
+    """A run-level failure with a one-line message for the user."""
+
+
+class Runtime:
+    """One run of PacketTracer: a source feeding a pipeline, and what reads from it."""
+
+    def __init__(self, settings: Settings, args: argparse.Namespace, stop: threading.Event) -> None:
+        self.settings = settings
+        self.args = args
+        self.stop = stop
+        self.started = time.time()
+        self.source: PacketSource | None = None
+        self.flows = FlowTracker(settings.MAX_FLOWS, settings.FLOW_TIMEOUT,
+                                 settings.TCP_CLOSE_LINGER, settings.FLOW_HISTORY_LIMIT,
+                                 tcp_factory=_tcp_factory())
+        self.components = build_components(settings, self.flows)
+        self.pipeline = Pipeline(self.flows, stages=self.components.stages,
+                                 flow_stages=self.components.flow_stages,
+                                 periodic=self.components.periodic)
+        self._worker: threading.Thread | None = None
+        self._finished = False
+        self._open_source()
+        if args.write:
+            self.pipeline.pcap_writer = PcapngWriter(args.write, settings.WRITE_MAX_MB)
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _open_source(self) -> None:
+        a = self.args
+        s = self.settings
+        if a.read:
+            self.source = FileSource(a.read, realtime=a.realtime, count=a.count,
+                                     batch_size=s.CAPTURE_BATCH_SIZE, queue_size=s.CAPTURE_QUEUE_SIZE)
+            self.source_kind = "file"
+        else:
+            iface = s.DEFAULT_INTERFACE or default_interface()
+            self.source = LiveSource(iface, s.CAPTURE_FILTER, s.SNAP_LENGTH, s.PROMISCUOUS,
+                                     s.CAPTURE_TIMEOUT_MS, s.CAPTURE_BUFFER_MB,
+                                     s.CAPTURE_BATCH_SIZE, s.CAPTURE_QUEUE_SIZE, a.count)
+            self.source_kind = "live"
+
+    # ---- running -----------------------------------------------------------------------------
+    def start_capture(self) -> None:
+        assert self.source is not None
+        self._worker = threading.Thread(target=self._capture_loop, name="pipeline", daemon=True)
+        self._worker.start()
+        if self.args.duration:
+            t = threading.Timer(self.args.duration, self.stop.set)
+            t.daemon = True
+            t.start()
+
+    def _capture_loop(self) -> None:
+        assert self.source is not None
+        try:
+            self.pipeline.run(self.source, self.stop)
+        except CaptureError as exc:
+            self.capture_error = str(exc)
+            log.error("capture stopped: %s", exc)
+
+    @property
+    def capture_done(self) -> bool:
+        return self._worker is not None and not self._worker.is_alive()
+
+    def wait_capture(self) -> None:
+        """Block until the source ends or stop is set; Ctrl+C sets stop (twice: abort)."""
+        assert self._worker is not None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_int(signum: int, frame: Any) -> None:
+            if self.stop.is_set():
+                signal.signal(signal.SIGINT, previous)
+                raise KeyboardInterrupt
+            self.stop.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_int)
+        while self._worker.is_alive():
+            self._worker.join(0.2)
+        if self.source is not None:
+            self.source.stop()
+
+    def main(self) -> int:
+        if self.args.no_ui:
+            return self.run_headless()
+        from dashboard.app import run_dashboard
+        return run_dashboard(self)
+
+    def run_headless(self) -> int:
+        self.start_capture()
+        self.wait_capture()
+        self.shutdown()
+        self.print_summary()
+        return 0
+
+    def shutdown(self) -> None:
+        """Stop capture, retire flows, write exports. Safe to call twice."""
+        if self._finished:
+            return
+        self._finished = True
+        self.stop.set()
+        if self._worker is not None:
+            self._worker.join(5.0)
+        self.pipeline.finish()
+        for closer in self.components.on_finish:
+            closer()
+        if self.args.export_json:
+            write_json(self.document(), self.args.export_json)
+        if self.args.export_csv:
+            write_flows_csv(self.export_flows(), self.args.export_csv)
+
+    def close(self) -> None:
+        for closer in self.components.on_close:
+            closer()
+
+    # ---- reading -----------------------------------------------------------------------------
+    def export_flows(self) -> list[dict[str, Any]]:
+        flows = self.flows.all_flows()
+        rows = []
+        for f in flows:
+            row = f.as_dict()
+            for enrich in self.components.flow_enrichers:
+                row.update(enrich(f))
+            rows.append(row)
+        return rows
+
+    def meta(self) -> dict[str, Any]:
+        c = self.pipeline.counters
+        st = self.source.refresh_stats() if self.source else None
+        return {
+            "version": VERSION,
+            "source": self.args.read or (self.source.description if self.source else ""),
+            "source_kind": getattr(self, "source_kind", ""),
+            "filter": self.settings.CAPTURE_FILTER or None,
+            "packets": c.packets,
+            "bytes": c.bytes,
+            "malformed": c.malformed,
+            "malformed_reasons": dict(c.malformed_reasons),
+            "first_timestamp": c.first_ts or None,
+            "last_timestamp": c.last_ts or None,
+            "flows": self.flows.total_flows,
+            "dropped": st.dropped if st else 0,
+            "kernel_dropped": st.kernel_dropped if st else 0,
+            "queue_dropped": st.queue_dropped if st else 0,
+            "file_damage": (st.file_damage or None) if st else None,
+        }
+
+    def document(self) -> dict[str, Any]:
+        comp = self.components
+        return build_document(self.meta(), self.export_flows(),
+                              dns=comp.dns_records(), ports=comp.port_rows(),
+                              tcp=comp.tcp_totals(), stats=comp.stats(), extra=comp.extra_sections())
+
+    def print_summary(self) -> None:
+        m = self.meta()
+        dur = (m["last_timestamp"] or 0) - (m["first_timestamp"] or 0)
+        out = sys.stdout
+        out.write(f"source:    {m['source']}\n")
+        out.write(f"packets:   {m['packets']}\n")
+        out.write(f"bytes:     {m['bytes']} ({human_bytes(m['bytes'])})\n")
+        out.write(f"malformed: {m['malformed']}\n")
+        out.write(f"duration:  {dur:.3f} s\n")
+        out.write(f"flows:     {m['flows']}\n")
+        if m["dropped"]:
+            out.write(f"dropped:   {m['dropped']}\n")
+        protos = self.components.stats().get("protocols", {})
+        if protos:
+            top = sorted(protos.items(), key=lambda kv: kv[1], reverse=True)[:8]
+            out.write("protocols: " + ", ".join(f"{k} {v}" for k, v in top) + "\n")
+        if m["file_damage"]:
+            sys.stderr.write(f"packettracer: warning: {self.args.read}: {m['file_damage']} "
+                             f"(those packets were kept)\n")
+        if self.args.export_json:
+            out.write(f"export:    {self.args.export_json}\n")
+
+
+# ---- wiring -----------------------------------------------------------------------------------
+@dataclass
+class Components:
+    """Trackers and sinks of a run, and the hooks the pipeline and exports call on them."""
+
+    stages: list[Callable[..., None]] = field(default_factory=list)
+    flow_stages: list[Callable[..., None]] = field(default_factory=list)
+    periodic: list[Callable[[float], None]] = field(default_factory=list)
+    flow_enrichers: list[Callable[[Any], dict[str, Any]]] = field(default_factory=list)
+    on_finish: list[Callable[[], None]] = field(default_factory=list)
+    on_close: list[Callable[[], None]] = field(default_factory=list)
+    dns: Any = None
+    ports: Any = None
+    packet_stats: Any = None
+    hops: Any = None
+    classifier: Any = None
+    inspector: Any = None
+    security: Any = None
+    tcp_totals_fn: Callable[[], dict[str, Any]] | None = None
+
+    def dns_records(self) -> list[dict[str, Any]]:
+        return self.dns.records() if self.dns is not None else []
+
+    def port_rows(self) -> list[dict[str, Any]]:
+        return self.ports.rows() if self.ports is not None else []
+
+    def tcp_totals(self) -> dict[str, Any]:
+        return self.tcp_totals_fn() if self.tcp_totals_fn is not None else {}
+
+    def stats(self) -> dict[str, Any]:
+        return self.packet_stats.as_dict() if self.packet_stats is not None else {}
+
+    def extra_sections(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.security is not None:
+            out["alerts"] = [a.to_dict() for a in self.security.engine.alerts()]
+        return out
+
+
+def _tcp_factory() -> Callable[[], Any] | None:
+    return None
+
+
+def build_components(settings: Settings, flows: FlowTracker) -> Components:
+    """Create every tracker the settings ask for and wire it to the pipeline's hooks."""
+    return Components()

@@ -1,0 +1,71 @@
+"""The JSON export's flows, summed per 5-tuple / address pair, equal tshark's conversations."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+import main
+from tests.conftest import CAPTURE_FILES, expected_for
+
+READABLE = [p for p in CAPTURE_FILES if expected_for(p)["readable"]]
+
+
+def export(capture: Path, tmp_path: Path) -> dict:
+    out = tmp_path / "out.json"
+    rc = main.run(["-r", str(capture), "--no-ui", "--no-db", "--offline",
+                   "--log-file", str(tmp_path / "log"), "--export-json", str(out)])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def _add(table: dict, key: tuple, a: tuple, b: tuple, fa: int, ba: int, fb: int, bb: int) -> None:
+    v = table[key]
+    if a <= b:
+        v[0] += fa; v[1] += ba; v[2] += fb; v[3] += bb
+    else:
+        v[0] += fb; v[1] += bb; v[2] += fa; v[3] += ba
+
+
+@pytest.mark.parametrize("capture", READABLE, ids=lambda p: p.name)
+def test_tcp_udp_conversations_equal(capture: Path, tmp_path: Path) -> None:
+    doc = export(capture, tmp_path)
+    exp = expected_for(capture)
+    assert doc["meta"]["packets"] == exp["packets"]
+    ours: dict = defaultdict(lambda: [0, 0, 0, 0])
+    for f in doc["flows"]:
+        if f["protocol"] not in ("TCP", "UDP"):
+            continue
+        a, b = (f["src_ip"], f["src_port"]), (f["dst_ip"], f["dst_port"])
+        _add(ours, (f["protocol"].lower(),) + tuple(sorted([a, b])), a, b,
+             f["packets_sent"], f["bytes_sent"], f["packets_recv"], f["bytes_recv"])
+    theirs: dict = defaultdict(lambda: [0, 0, 0, 0])
+    for c in exp["conversations"]:
+        if c["proto"] not in ("tcp", "udp"):
+            continue
+        a, b = (c["addr_a"], c["port_a"]), (c["addr_b"], c["port_b"])
+        _add(theirs, (c["proto"],) + tuple(sorted([a, b])), a, b,
+             c["frames_a_to_b"], c["bytes_a_to_b"], c["frames_b_to_a"], c["bytes_b_to_a"])
+    assert {k: tuple(v) for k, v in ours.items()} == {k: tuple(v) for k, v in theirs.items()}
+
+
+@pytest.mark.parametrize("capture", READABLE, ids=lambda p: p.name)
+def test_ip_conversations_equal(capture: Path, tmp_path: Path) -> None:
+    """All flows between an address pair add up to tshark's ip/ipv6 conversation."""
+    doc = export(capture, tmp_path)
+    exp = expected_for(capture)
+    ours: dict = defaultdict(lambda: [0, 0, 0, 0])
+    for f in doc["flows"]:
+        a, b = (f["src_ip"],), (f["dst_ip"],)
+        _add(ours, tuple(sorted([a, b])), a, b,
+             f["packets_sent"], f["bytes_sent"], f["packets_recv"], f["bytes_recv"])
+    theirs: dict = defaultdict(lambda: [0, 0, 0, 0])
+    for c in exp["conversations"]:
+        if c["proto"] not in ("ip", "ipv6"):
+            continue
+        a, b = (c["addr_a"],), (c["addr_b"],)
+        _add(theirs, tuple(sorted([a, b])), a, b,
+             c["frames_a_to_b"], c["bytes_a_to_b"], c["frames_b_to_a"], c["bytes_b_to_a"])
+    assert {k: tuple(v) for k, v in ours.items()} == {k: tuple(v) for k, v in theirs.items()}
