@@ -1,0 +1,381 @@
+"""Per-connection TCP state and sequence analysis, to the packet as tshark 4.0 does it.
+
+One :class:`TcpConnection` lives inside each TCP flow of the flow tracker. The tracker calls
+:meth:`TcpConnection.update` for every TCP packet of the connection and gets back a bitmask of
+``EV_*`` events for that packet.
+
+The analysis reproduces ``tcp_analyze_sequence_number()`` of Wireshark's packet-tcp.c (the
+4.0 branch, default preferences: relative sequence numbers and sequence analysis on), check for
+check and in the same order, because the order decides which label a segment gets:
+
+1. zero-window probe (skips 2-8)    6. window full
+2. zero window                      7. keep-alive ACK / zero-window-probe ACK (skip 8)
+3. lost segment (previous not seen) 8. duplicate ACK
+4. keep-alive                       9. for data/SYN/FIN that does not advance the sequence:
+5. window update                       fast retransmission, out-of-order, spurious, retransmission
+
+Sequence numbers are compared modulo 2**32 (Wireshark's GT_SEQ/LT_SEQ/LE_SEQ). Wireshark runs
+the analysis on the absolute numbers and makes them relative only for display, so a per-direction
+``nextseq``/``lastack`` of 0 means "not seen yet" exactly as in packet-tcp.c (the relative base
+only matters for the port-reuse rule, see :meth:`TcpConnection.is_new_connection`). SYN and FIN
+each count as one sequence number.
+
+Known differences from tshark (each one is deliberate, for speed and memory):
+
+* Wireshark adds the SYN/FIN "+1" to ``nextseq`` only while fewer than 1000 segments of that
+  direction are un-ACKed (TCP_MAX_UNACKED_SEGMENTS); we always add it. This only changes a
+  SYN or FIN sent after 1000 unacknowledged segments (a one-way capture), never a data segment.
+* Wireshark analyses a fragmented IPv4 TCP segment on the frame that completes reassembly; we
+  see the TCP header on the first fragment (the flow tracker decides whether to feed it).
+* Packets whose TCP header is malformed (truncated, header length < 20) are not analysed; Wireshark
+  analyses a header length < 20 but then stops dissecting that frame, so no label shows.
+"""
+from __future__ import annotations
+
+from capture.packet import ACK, FIN, RST, SYN, ParsedPacket
+
+# --- events returned by update(); one bit per Wireshark tcp.analysis flag (TCP_A_*), plus ours.
+EV_RETRANSMISSION = 0x0001
+EV_LOST_SEGMENT = 0x0002           # tcp.analysis.lost_segment ("previous segment not captured")
+EV_KEEP_ALIVE = 0x0008
+EV_DUP_ACK = 0x0010
+EV_ZERO_WINDOW = 0x0020
+EV_ZERO_WINDOW_PROBE = 0x0040
+EV_ZERO_WINDOW_PROBE_ACK = 0x0080
+EV_KEEP_ALIVE_ACK = 0x0100
+EV_OUT_OF_ORDER = 0x0200
+EV_FAST_RETRANSMISSION = 0x0400
+EV_WINDOW_UPDATE = 0x0800
+EV_WINDOW_FULL = 0x1000
+EV_SPURIOUS_RETRANSMISSION = 0x4000
+# ours, not Wireshark's
+EV_RST = 0x10000                   # the packet has RST set (tcp.flags.reset == 1)
+EV_HANDSHAKE = 0x20000             # this packet gave the connection its handshake RTT
+EV_CLOSED = 0x40000                # the connection became closed with this packet
+
+#: Wireshark's display filter ``tcp.analysis.retransmission`` matches fast and spurious
+#: retransmissions too (packet-tcp.c adds the retransmission expert item for all three).
+EV_ANY_RETRANSMISSION = EV_RETRANSMISSION | EV_FAST_RETRANSMISSION | EV_SPURIOUS_RETRANSMISSION
+
+#: event bit -> tshark display filter name (``tcp.analysis.<name>``), for reports and tests.
+EVENT_NAMES: dict[int, str] = {
+    EV_RETRANSMISSION: "retransmission",
+    EV_FAST_RETRANSMISSION: "fast_retransmission",
+    EV_SPURIOUS_RETRANSMISSION: "spurious_retransmission",
+    EV_OUT_OF_ORDER: "out_of_order",
+    EV_DUP_ACK: "duplicate_ack",
+    EV_ZERO_WINDOW: "zero_window",
+    EV_ZERO_WINDOW_PROBE: "zero_window_probe",
+    EV_ZERO_WINDOW_PROBE_ACK: "zero_window_probe_ack",
+    EV_KEEP_ALIVE: "keep_alive",
+    EV_KEEP_ALIVE_ACK: "keep_alive_ack",
+    EV_WINDOW_UPDATE: "window_update",
+    EV_WINDOW_FULL: "window_full",
+    EV_LOST_SEGMENT: "lost_segment",
+    EV_RST: "rst",
+    EV_HANDSHAKE: "handshake",
+    EV_CLOSED: "closed",
+}
+
+# --- connection states (strings, so snapshots and exports need no mapping)
+NEW = "NEW"                      # constructed, no packet yet
+SYN_SENT = "SYN_SENT"            # initiator's SYN seen
+SYN_RECEIVED = "SYN_RECEIVED"    # SYN-ACK seen (also when the capture starts at the SYN-ACK)
+ESTABLISHED = "ESTABLISHED"      # handshake completed (ACK of the SYN-ACK, or data)
+MIDSTREAM = "MIDSTREAM"          # picked up without a handshake; otherwise like ESTABLISHED
+FIN_WAIT = "FIN_WAIT"            # the initiator sent FIN, the responder has not
+CLOSE_WAIT = "CLOSE_WAIT"        # the responder sent FIN, the initiator has not
+CLOSING = "CLOSING"              # FIN both ways, not both acknowledged yet
+CLOSED = "CLOSED"                # FIN both ways acknowledged
+RESET = "RESET"                  # RST seen
+STATES: tuple[str, ...] = (NEW, SYN_SENT, SYN_RECEIVED, ESTABLISHED, MIDSTREAM, FIN_WAIT,
+                           CLOSE_WAIT, CLOSING, CLOSED, RESET)
+
+_M = 0xFFFFFFFF
+_HALF = 0x80000000
+_SFR = SYN | FIN | RST
+_SF = SYN | FIN
+_FAST_RTX_WINDOW = 0.020   # fast retransmission: within 20 ms of the last duplicate ACK
+_OOO_DEFAULT = 0.003       # out-of-order threshold without a handshake RTT: 3 ms
+#: parser messages for frames whose TCP header could not be read (then: no analysis)
+_BAD_TCP_HEADER = ("truncated TCP header", "bad TCP header length", "truncated TCP options")
+
+
+class _Half:
+    """What one direction has sent (Wireshark's tcp_flow_t + tcp_analyze_seq_flow_info_t)."""
+
+    __slots__ = ("base_set", "base_seq", "nextseq", "nextseqtime", "lastack", "lastacktime",
+                 "window", "win_scale", "dupacks", "lastflags", "fin_end", "fin_acked")
+
+    def __init__(self) -> None:
+        self.base_set = False
+        self.base_seq = 0
+        self.nextseq = 0          # highest seq+len(+SYN/FIN) seen; 0 = none yet (as Wireshark)
+        self.nextseqtime = 0.0
+        self.lastack = 0          # ack field of the last segment (also without the ACK flag)
+        self.lastacktime = 0.0
+        self.window = _M          # unscaled window of the last segment; G_MAXUINT32 = unknown
+        self.win_scale = -1       # -1 unknown, -2 known unused, else the shift
+        self.dupacks = 0
+        self.lastflags = 0        # events of this direction's last segment
+        self.fin_end = -1         # sequence number just after our FIN, -1 = no FIN sent
+        self.fin_acked = False
+
+
+class TcpConnection:
+    """One TCP connection: state machine, handshake RTT and tshark-compatible analysis counters.
+
+    ``update(pkt, forward)`` must see every TCP packet of the connection in capture order;
+    ``forward`` is True for packets sent by the flow's initiator (the SYN sender, else the sender
+    of the first packet).
+    """
+
+    __slots__ = ("_a", "_b", "_syn_ts", "state", "handshake_rtt", "closed", "packets",
+                 "retransmissions", "fast_retransmissions", "spurious_retransmissions",
+                 "out_of_order", "dup_acks", "zero_windows", "zero_window_probes", "keep_alives",
+                 "window_updates", "window_full", "lost_segments", "resets")
+
+    def __init__(self) -> None:
+        self._a = _Half()          # initiator -> responder
+        self._b = _Half()          # responder -> initiator
+        self._syn_ts = 0.0         # time of the most recent SYN (Wireshark's ts_mru_syn)
+        self.state: str = NEW
+        #: seconds from the (last) SYN to the first ACK without SYN (tcp.analysis.initial_rtt)
+        self.handshake_rtt: float | None = None
+        #: FIN both ways acknowledged, or RST: the tracker may retire the flow after a linger
+        self.closed = False
+        self.packets = 0
+        #: frames matching tshark's tcp.analysis.retransmission (includes fast and spurious)
+        self.retransmissions = 0
+        self.fast_retransmissions = 0
+        self.spurious_retransmissions = 0
+        self.out_of_order = 0
+        self.dup_acks = 0
+        self.zero_windows = 0
+        self.zero_window_probes = 0
+        self.keep_alives = 0
+        self.window_updates = 0
+        self.window_full = 0
+        self.lost_segments = 0
+        self.resets = 0
+
+    # ------------------------------------------------------------------ stream splitting
+    def is_new_connection(self, pkt: ParsedPacket, forward: bool) -> bool:
+        """True when ``pkt`` starts a new connection on the same 5-tuple (tshark's tcp.stream rule).
+
+        Wireshark 4.0 (dissect_tcp) starts a new conversation when a SYN without ACK arrives
+        and the sending direction already has a base sequence number (from its SYN, or seq-1 of
+        its first segment, or ack-1 of the other side's first ACK) different from this SYN's
+        sequence number. A SYN with the same sequence number is a retransmission and stays.
+        The flow tracker calls this before :meth:`update` and, when True, retires this connection
+        and starts a fresh flow with the SYN sender as initiator.
+        """
+        if pkt.tcp_flags & (SYN | ACK) != SYN:
+            return False
+        half = self._a if forward else self._b
+        return half.base_set and pkt.seq != half.base_seq
+
+    # ------------------------------------------------------------------ per packet
+    def update(self, pkt: ParsedPacket, forward: bool) -> int:
+        """Analyse one packet of this connection; return its ``EV_*`` bitmask."""
+        if pkt.malformed and pkt.malformed.startswith(_BAD_TCP_HEADER):
+            return 0
+        self.packets += 1
+        flags = pkt.tcp_flags
+        seq = pkt.seq
+        ack = pkt.ack
+        seglen = pkt.payload_len
+        window = pkt.window
+        now = pkt.ts
+        if forward:
+            fwd = self._a
+            rev = self._b
+        else:
+            fwd = self._b
+            rev = self._a
+
+        if not fwd.base_set:
+            fwd.base_seq = seq if flags & SYN else (seq - 1) & _M
+            fwd.base_set = True
+        if not rev.base_set and flags & ACK:
+            rev.base_seq = (ack - 1) & _M
+            rev.base_set = True
+
+        nextseq = fwd.nextseq
+        sfr = flags & _SFR
+        ev = 0
+        if seglen == 1 and seq == nextseq and rev.window == 0:
+            ev = EV_ZERO_WINDOW_PROBE
+        else:
+            if window == 0 and not sfr:
+                ev = EV_ZERO_WINDOW
+            # GT_SEQ(seq, nextseq)
+            if nextseq and ((nextseq - seq) & _M) >= _HALF and not flags & RST:
+                ev |= EV_LOST_SEGMENT
+            if seglen <= 1 and not sfr and seq == (nextseq - 1) & _M:
+                ev |= EV_KEEP_ALIVE
+            if seglen == 0:
+                if not sfr and seq == nextseq and ack == fwd.lastack:
+                    if window != fwd.window:
+                        if window:
+                            ev |= EV_WINDOW_UPDATE
+                    elif window:
+                        if rev.lastflags & EV_KEEP_ALIVE:
+                            ev |= EV_KEEP_ALIVE_ACK
+                        else:
+                            fwd.dupacks += 1
+                            ev |= EV_DUP_ACK
+                    elif rev.lastflags & EV_ZERO_WINDOW_PROBE:
+                        ev |= EV_ZERO_WINDOW_PROBE_ACK
+            elif not sfr and rev.win_scale != -1:
+                shift = rev.win_scale if rev.win_scale > 0 else 0
+                if (seq + seglen) & _M == (rev.lastack + ((rev.window << shift) & _M)) & _M:
+                    ev |= EV_WINDOW_FULL
+
+        if ack != fwd.lastack:
+            fwd.dupacks = 0
+
+        if (seglen or flags & _SF) and not ev & EV_KEEP_ALIVE:
+            # LT_SEQ(seq, nextseq); a segment of >1 byte starting one before nextseq carries
+            # new data after a zero-window probe, so it is not "not advanced"
+            not_adv = bool(nextseq) and ((seq - nextseq) & _M) >= _HALF
+            if seglen > 1 and (nextseq - 1) & _M == seq:
+                not_adv = False
+            t = now - rev.lastacktime
+            if not_adv and rev.dupacks >= 2 and rev.lastack == seq and 0.0 <= t < _FAST_RTX_WINDOW:
+                ev |= EV_FAST_RETRANSMISSION
+            else:
+                t = now - fwd.nextseqtime
+                thres = self.handshake_rtt or _OOO_DEFAULT
+                if not_adv and 0.0 <= t < thres and nextseq != (seq + seglen) & _M:
+                    ev |= EV_OUT_OF_ORDER
+                elif seglen and rev.lastack and (
+                        (d := (seq + seglen - rev.lastack) & _M) == 0 or d >= _HALF):
+                    ev |= EV_SPURIOUS_RETRANSMISSION
+                elif not_adv:
+                    ev |= EV_RETRANSMISSION
+
+        nxt = seq + seglen + 1 if flags & _SF else seq + seglen
+        nxt &= _M
+        if (not nextseq or ((nextseq - nxt) & _M) >= _HALF) and not ev & EV_ZERO_WINDOW_PROBE:
+            fwd.nextseq = nxt
+            fwd.nextseqtime = now
+        fwd.window = window
+        fwd.lastack = ack
+        fwd.lastacktime = now
+        fwd.lastflags = ev
+
+        if flags & SYN:
+            opts = pkt.tcp_options
+            if opts is not None and opts.wscale is not None:
+                fwd.win_scale = opts.wscale if opts.wscale <= 14 else 14
+            # verify_tcp_window_scaling(): scaling is used only if both SYNs carried the option
+            if fwd.win_scale == -1:
+                fwd.win_scale = -2
+                rev.win_scale = -2
+            elif flags & ACK and rev.win_scale == -2:
+                fwd.win_scale = -2
+            if not flags & ACK:
+                self._syn_ts = now
+        elif flags & ACK and self._syn_ts and not self.handshake_rtt:
+            self.handshake_rtt = now - self._syn_ts
+            ev |= EV_HANDSHAKE
+
+        if ev:
+            self._count(ev)
+        return self._advance_state(flags, seq, ack, seglen, forward, fwd, rev, ev)
+
+    def _count(self, ev: int) -> None:
+        if ev & EV_ANY_RETRANSMISSION:
+            self.retransmissions += 1
+            if ev & EV_FAST_RETRANSMISSION:
+                self.fast_retransmissions += 1
+            elif ev & EV_SPURIOUS_RETRANSMISSION:
+                self.spurious_retransmissions += 1
+        if ev & EV_OUT_OF_ORDER:
+            self.out_of_order += 1
+        if ev & EV_DUP_ACK:
+            self.dup_acks += 1
+        if ev & EV_ZERO_WINDOW:
+            self.zero_windows += 1
+        if ev & EV_ZERO_WINDOW_PROBE:
+            self.zero_window_probes += 1
+        if ev & EV_KEEP_ALIVE:
+            self.keep_alives += 1
+        if ev & EV_WINDOW_UPDATE:
+            self.window_updates += 1
+        if ev & EV_WINDOW_FULL:
+            self.window_full += 1
+        if ev & EV_LOST_SEGMENT:
+            self.lost_segments += 1
+
+    def _advance_state(self, flags: int, seq: int, ack: int, seglen: int, forward: bool,
+                       fwd: _Half, rev: _Half, ev: int) -> int:
+        """Connection state machine (ours; Wireshark has none). Returns ``ev`` plus RST/CLOSED."""
+        if flags & RST:
+            self.resets += 1
+            ev |= EV_RST
+            if self.state != RESET:
+                self.state = RESET
+                if not self.closed:
+                    self.closed = True
+                    ev |= EV_CLOSED
+            return ev
+        state = self.state
+        if state == RESET or state == CLOSED:
+            return ev
+        if state == NEW:
+            if flags & SYN:
+                state = SYN_RECEIVED if flags & ACK else SYN_SENT
+            else:
+                state = MIDSTREAM
+        elif state == SYN_SENT:
+            if flags & SYN and flags & ACK and not forward:
+                state = SYN_RECEIVED
+        elif state == SYN_RECEIVED:
+            # the ACK of the SYN-ACK (or data) completes it; when the capture began at the
+            # SYN-ACK its sender counts as the initiator, so either side may send that ACK
+            if not flags & SYN and (seglen or flags & ACK):
+                state = ESTABLISHED
+        if flags & FIN and fwd.fin_end < 0:
+            fwd.fin_end = (seq + seglen + 1) & _M
+        # the other side's FIN is acknowledged once this ACK reaches past it: GE_SEQ(ack, fin_end)
+        if flags & ACK and rev.fin_end >= 0 and not rev.fin_acked \
+                and ((ack - rev.fin_end) & _M) < _HALF:
+            rev.fin_acked = True
+        a = self._a
+        b = self._b
+        if a.fin_end >= 0 or b.fin_end >= 0:
+            if a.fin_acked and b.fin_acked:
+                state = CLOSED
+                self.closed = True
+                ev |= EV_CLOSED
+            elif a.fin_end >= 0 and b.fin_end >= 0:
+                state = CLOSING
+            elif a.fin_end >= 0:
+                state = FIN_WAIT
+            else:
+                state = CLOSE_WAIT
+        self.state = state
+        return ev
+
+    # ------------------------------------------------------------------ export
+    def as_dict(self) -> dict[str, object]:
+        """TCP counters for a flow in the export (names are the flow-export contract)."""
+        rtt = self.handshake_rtt
+        return {
+            "retransmissions": self.retransmissions,
+            "fast_retransmissions": self.fast_retransmissions,
+            "spurious_retransmissions": self.spurious_retransmissions,
+            "out_of_order": self.out_of_order,
+            "dup_acks": self.dup_acks,
+            "zero_windows": self.zero_windows,
+            "zero_window_probes": self.zero_window_probes,
+            "keep_alives": self.keep_alives,
+            "window_updates": self.window_updates,
+            "window_full": self.window_full,
+            "lost_segments": self.lost_segments,
+            "resets": self.resets,
+            "handshake_rtt_ms": None if rtt is None else round(rtt * 1000.0, 3),
+            "state": self.state,
+        }
