@@ -1,0 +1,211 @@
+"""Port scans: vertical (one source, many ports of one host) and horizontal sweeps (one source,
+one port, many hosts), for SYN/connect, FIN/NULL/XMAS, UDP and ICMP echo probes.
+
+Only *unanswered or refused* probes count: a port or host that answers (SYN/ACK, a UDP reply, an
+echo reply) is subtracted, which is what keeps a browser opening 30 connections to port 443 or an
+FTP client opening many passive data ports from looking like a scan. A source is reported when
+at least ``threshold`` unanswered targets were probed at more than ``scan_rate`` targets/s.
+"""
+from __future__ import annotations
+
+from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
+from capture.packet import ACK, FIN, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PSH, RST, SYN, URG, \
+    ParsedPacket
+from security.alerts import AlertEngine
+from security.detectors._bounded import evict_oldest
+
+# Probe kinds, as bits so one int per target records which techniques were seen.
+K_SYN, K_FIN, K_NULL, K_XMAS, K_STEALTH, K_UDP, K_ICMP = 1, 2, 4, 8, 16, 32, 64
+_KIND_NAMES = ((K_SYN, "SYN/connect"), (K_FIN, "FIN"), (K_NULL, "NULL"), (K_XMAS, "XMAS"),
+               (K_STEALTH, "odd-flag"), (K_UDP, "UDP"), (K_ICMP, "ICMP echo"))
+_XMAS = FIN | PSH | URG
+#: UDP services that fan out to many hosts by design (resolvers, time, discovery, STUN)
+_UDP_FANOUT_PORTS = frozenset({53, 67, 68, 123, 137, 138, 1900, 3478, 5353, 5355, 19302})
+#: classic UDP traceroute destination ports: one probe per hop, not a scan
+_TRACEROUTE_PORTS = range(33434, 33535)
+#: most distinct targets remembered per scanner entry (counting stops growing past it)
+_MAX_TARGETS = 65536
+
+
+def kind_names(kinds: int) -> str:
+    return "+".join(name for bit, name in _KIND_NAMES if kinds & bit) or "unknown"
+
+
+class _Probes:
+    """Targets (ports or hosts) one source probed, and which of them answered."""
+
+    __slots__ = ("first", "last", "probed", "answered", "kinds", "unreach", "next_report")
+
+    def __init__(self, ts: float, first_report: int) -> None:
+        self.first = ts
+        self.last = ts
+        self.probed: set[object] = set()
+        self.answered: set[object] = set()
+        self.kinds = 0
+        self.unreach = 0
+        self.next_report = first_report
+
+    def unanswered(self) -> int:
+        return len(self.probed) - len(self.answered)
+
+
+class PortScanDetector:
+    """Raises ``port_scan`` (vertical) and ``port_sweep`` (horizontal) alerts.
+
+    Args:
+        engine: where alerts go.
+        threshold: unanswered ports (or hosts) before a source is reported.
+        scan_rate: minimum probes per second over the entry's lifetime.
+        idle_timeout: seconds without a probe after which an entry starts over.
+        max_entries: bound on tracked (source, target) entries per table.
+    """
+
+    def __init__(self, engine: AlertEngine, threshold: int = ALERTS_PORT_SCAN_THRESHOLD,
+                 scan_rate: float = ALERTS_SCAN_RATE, idle_timeout: float = 300.0,
+                 max_entries: int = 20000) -> None:
+        self.engine = engine
+        self.threshold = max(1, int(threshold))
+        self.scan_rate = float(scan_rate)
+        self.idle_timeout = idle_timeout
+        self.max_entries = max_entries
+        #: (src, dst) -> ports probed on dst
+        self._vertical: dict[tuple[str, str], _Probes] = {}
+        #: (src, proto, dport) -> hosts probed on that port
+        self._horizontal: dict[tuple[str, int, int], _Probes] = {}
+        self.probes_seen = 0
+
+    def process(self, pkt: ParsedPacket) -> None:
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            flags = pkt.tcp_flags
+            if flags & ACK:
+                if flags & SYN:  # SYN/ACK: the port is open, so that probe was answered
+                    self._answered(pkt.dst_ip, pkt.src_ip, PROTO_TCP, pkt.sport)
+                return
+            if flags & RST:
+                return
+            if flags & SYN:
+                kind = K_SYN
+            elif flags == 0:
+                kind = K_NULL
+            elif flags == FIN:
+                kind = K_FIN
+            elif flags & _XMAS == _XMAS:
+                kind = K_XMAS
+            else:
+                kind = K_STEALTH
+            self._probe(pkt, PROTO_TCP, pkt.dport, kind)
+        elif proto == PROTO_UDP:
+            if pkt.is_fragment and pkt.frag_offset:
+                return
+            sport, dport = pkt.sport, pkt.dport
+            # Any UDP datagram may be the answer to an earlier probe of its source port.
+            if self._vertical or self._horizontal:
+                self._answered(pkt.dst_ip, pkt.src_ip, PROTO_UDP, sport)
+            if sport < 1024 <= dport:  # a service replying to a client, not a probe
+                return
+            if dport in _TRACEROUTE_PORTS or _is_group(pkt.dst_ip):
+                return
+            self._probe(pkt, PROTO_UDP, dport, K_UDP)
+        elif proto == PROTO_ICMP:
+            t = pkt.icmp_type
+            if t == 8:
+                if not _is_group(pkt.dst_ip):
+                    self._probe_host(pkt, PROTO_ICMP, 8, K_ICMP)
+            elif t == 0:
+                self._answered(pkt.dst_ip, pkt.src_ip, PROTO_ICMP, 8)
+            elif t == 3 and pkt.icmp_code == 3:
+                q = pkt.quoted
+                if q is not None and q.proto == PROTO_UDP:
+                    entry = self._vertical.get((q.src_ip, q.dst_ip))
+                    if entry is not None:
+                        entry.unreach += 1
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def _probe(self, pkt: ParsedPacket, proto: int, dport: int, kind: int) -> None:
+        self.probes_seen += 1
+        ts = pkt.ts
+        src, dst = pkt.src_ip, pkt.dst_ip
+        key = (src, dst)
+        entry = self._vertical.get(key)
+        if entry is None or ts - entry.last > self.idle_timeout:
+            entry = self._vertical[key] = _Probes(ts, self.threshold)
+            if len(self._vertical) > self.max_entries:
+                evict_oldest(self._vertical, self.max_entries)
+        entry.last = ts
+        entry.kinds |= kind
+        target = dport if proto == PROTO_TCP else -dport  # UDP ports kept apart from TCP
+        probed = entry.probed
+        if target not in probed and len(probed) < _MAX_TARGETS:
+            probed.add(target)
+            if len(probed) >= entry.next_report:
+                self._check(entry, "port_scan", src, dst, ts)
+        if proto != PROTO_UDP or dport not in _UDP_FANOUT_PORTS:
+            self._probe_host(pkt, proto, dport, kind)
+
+    def _probe_host(self, pkt: ParsedPacket, proto: int, dport: int, kind: int) -> None:
+        ts = pkt.ts
+        src = pkt.src_ip
+        key = (src, proto, dport)
+        entry = self._horizontal.get(key)
+        if entry is None or ts - entry.last > self.idle_timeout:
+            entry = self._horizontal[key] = _Probes(ts, self.threshold)
+            if len(self._horizontal) > self.max_entries:
+                evict_oldest(self._horizontal, self.max_entries)
+        entry.last = ts
+        entry.kinds |= kind
+        probed = entry.probed
+        dst = pkt.dst_ip
+        if dst not in probed and len(probed) < _MAX_TARGETS:
+            probed.add(dst)
+            if len(probed) >= entry.next_report:
+                self._check(entry, "port_sweep", src, f"port {dport}" if proto != PROTO_ICMP
+                            else "ICMP echo", ts)
+
+    def _answered(self, scanner: str, target: str, proto: int, port: int) -> None:
+        entry = self._vertical.get((scanner, target))
+        if entry is not None:
+            t = port if proto == PROTO_TCP else -port
+            if t in entry.probed:
+                entry.answered.add(t)
+        hentry = self._horizontal.get((scanner, proto, port))
+        if hentry is not None and target in hentry.probed:
+            hentry.answered.add(target)
+
+    def _check(self, entry: _Probes, rule: str, src: str, dst: str, ts: float) -> None:
+        n = entry.unanswered()
+        if n < self.threshold:
+            return
+        if entry.kinds == K_UDP and rule == "port_scan" and entry.unreach == 0:
+            return  # UDP only counts once the target itself says ports are closed
+        span = entry.last - entry.first
+        rate = n / span if span > 0 else float(n)
+        if rate <= self.scan_rate:
+            return
+        entry.next_report = len(entry.probed) * 2  # report again only when it doubles
+        kinds = kind_names(entry.kinds)
+        if rule == "port_scan":
+            message = (f"{src} scanned {n} ports on {dst} ({kinds} probes, "
+                       f"{rate:.1f} ports/s)")
+            evidence = {"ports": n, "answered": len(entry.answered), "rate": round(rate, 2),
+                        "kinds": kinds, "icmp_unreachable": entry.unreach}
+        else:
+            message = f"{src} swept {n} hosts on {dst} ({kinds} probes, {rate:.1f} hosts/s)"
+            evidence = {"hosts": n, "answered": len(entry.answered), "rate": round(rate, 2),
+                        "kinds": kinds}
+        self.engine.raise_alert(rule, "high" if rule == "port_scan" else "medium", src, dst,
+                                message, evidence, ts=ts)
+
+    def stats(self) -> dict[str, int]:
+        return {"probes": self.probes_seen, "vertical_entries": len(self._vertical),
+                "horizontal_entries": len(self._horizontal)}
+
+
+def _is_group(ip: str) -> bool:
+    """Multicast or broadcast destinations: discovery traffic, never a scan target."""
+    if ":" in ip:
+        return ip[:2].lower() == "ff"
+    if ip.endswith(".255"):
+        return True
+    first = ip[:ip.find(".")]
+    return first.isdigit() and 224 <= int(first) <= 239

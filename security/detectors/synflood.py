@@ -1,0 +1,113 @@
+"""SYN flood / half-open surge toward one service (host and port).
+
+A scan spreads SYNs over ports; a flood concentrates them on one service and leaves the
+handshakes unfinished. Per (host, port) we count SYNs in one-second buckets and keep the
+connection attempts still waiting for the client's final ACK (bounded). An alert needs both a
+high SYN rate and many half-open attempts, so a busy but healthy server stays quiet.
+"""
+from __future__ import annotations
+
+from capture.packet import ACK, PROTO_TCP, RST, SYN, ParsedPacket
+from security.alerts import AlertEngine
+
+
+class _Service:
+    __slots__ = ("bucket", "syns", "peak", "pending", "overflow", "sources", "last")
+
+    def __init__(self, bucket: int) -> None:
+        self.bucket = bucket
+        self.syns = 0
+        self.peak = 0
+        #: (client, client port) -> time of its SYN, removed when the handshake completes
+        self.pending: dict[tuple[str, int], float] = {}
+        self.overflow = 0
+        self.sources: set[str] = set()
+        self.last = 0.0
+
+
+class SynFloodDetector:
+    """Raises ``syn_flood`` against the attacked host.
+
+    Args:
+        syn_rate: SYNs per second to one service that count as a surge.
+        half_open: unfinished handshakes needed at the same time.
+        max_pending: half-open attempts remembered per service.
+        max_services: services tracked at once.
+    """
+
+    def __init__(self, engine: AlertEngine, syn_rate: int = 200, half_open: int = 200,
+                 max_pending: int = 4096, max_services: int = 4096) -> None:
+        self.engine = engine
+        self.syn_rate = syn_rate
+        self.half_open = half_open
+        self.max_pending = max_pending
+        self.max_services = max_services
+        self._services: dict[tuple[str, int], _Service] = {}
+        #: hosts with at least one tracked service: lets most packets skip the tuple lookup
+        self._hosts: dict[str, int] = {}
+
+    def process(self, pkt: ParsedPacket) -> None:
+        if pkt.proto != PROTO_TCP:
+            return
+        flags = pkt.tcp_flags
+        if flags & SYN and not flags & ACK:
+            self._syn(pkt)
+            return
+        dst = pkt.dst_ip
+        if dst in self._hosts:
+            svc = self._services.get((dst, pkt.dport))
+            if svc is not None and svc.pending:
+                # The client's ACK (or its RST) ends the half-open state of that attempt.
+                if flags & (ACK | RST):
+                    svc.pending.pop((pkt.src_ip, pkt.sport), None)
+
+    def _syn(self, pkt: ParsedPacket) -> None:
+        ts = pkt.ts
+        key = (pkt.dst_ip, pkt.dport)
+        bucket = int(ts)
+        svc = self._services.get(key)
+        if svc is None:
+            svc = self._services[key] = _Service(bucket)
+            self._hosts[key[0]] = self._hosts.get(key[0], 0) + 1
+            if len(self._services) > self.max_services:
+                self._evict()
+        elif bucket != svc.bucket:
+            svc.bucket = bucket
+            svc.syns = 0
+            svc.sources.clear()
+            # Attempts older than a few seconds are dead either way; forget them.
+            if svc.pending and ts - svc.last > 5:
+                svc.pending.clear()
+        svc.last = ts
+        svc.syns += 1
+        if len(svc.sources) < 1024:
+            svc.sources.add(pkt.src_ip)
+        if len(svc.pending) < self.max_pending:
+            svc.pending[(pkt.src_ip, pkt.sport)] = ts
+        else:
+            svc.overflow += 1
+        if svc.syns >= self.syn_rate and len(svc.pending) >= self.half_open:
+            if svc.syns > svc.peak:
+                svc.peak = svc.syns
+            if svc.syns == self.syn_rate or svc.syns % self.syn_rate == 0:
+                host, port = key
+                self.engine.raise_alert(
+                    "syn_flood", "high", host, f"{host}:{port}",
+                    f"SYN flood toward {host}:{port}: {svc.syns} SYNs/s from "
+                    f"{len(svc.sources)} sources, {len(svc.pending)} half-open",
+                    {"syns_per_s": svc.syns, "half_open": len(svc.pending),
+                     "sources": len(svc.sources), "dropped_attempts": svc.overflow},
+                    ts=ts)
+
+    def _evict(self) -> None:
+        while len(self._services) > self.max_services:
+            key = next(iter(self._services))
+            del self._services[key]
+            n = self._hosts.get(key[0], 0) - 1
+            if n > 0:
+                self._hosts[key[0]] = n
+            else:
+                self._hosts.pop(key[0], None)
+
+    def stats(self) -> dict[str, int]:
+        return {"services": len(self._services)}
