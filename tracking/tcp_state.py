@@ -130,7 +130,7 @@ class TcpConnection:
     of the first packet).
     """
 
-    __slots__ = ("_a", "_b", "_syn_ts", "state", "handshake_rtt", "closed", "packets",
+    __slots__ = ("_a", "_b", "_syn_ts", "_steady", "state", "handshake_rtt", "closed", "packets",
                  "retransmissions", "fast_retransmissions", "spurious_retransmissions",
                  "out_of_order", "dup_acks", "zero_windows", "zero_window_probes", "keep_alives",
                  "window_updates", "window_full", "lost_segments", "resets")
@@ -139,6 +139,8 @@ class TcpConnection:
         self._a = _Half()          # initiator -> responder
         self._b = _Half()          # responder -> initiator
         self._syn_ts = 0.0         # time of the most recent SYN (Wireshark's ts_mru_syn)
+        #: ESTABLISHED/MIDSTREAM with no FIN yet: a packet without SYN/FIN/RST changes no state
+        self._steady = False
         self.state: str = NEW
         #: seconds from the (last) SYN to the first ACK without SYN (tcp.analysis.initial_rtt)
         self.handshake_rtt: float | None = None
@@ -283,6 +285,8 @@ class TcpConnection:
 
         if ev:
             self._count(ev)
+        if self._steady and not sfr:
+            return ev
         return self._advance_state(flags, seq, ack, seglen, forward, fwd, rev, ev)
 
     def _count(self, ev: int) -> None:
@@ -315,6 +319,7 @@ class TcpConnection:
         if flags & RST:
             self.resets += 1
             ev |= EV_RST
+            self._steady = False
             if self.state != RESET:
                 self.state = RESET
                 if not self.closed:
@@ -357,6 +362,8 @@ class TcpConnection:
             else:
                 state = CLOSE_WAIT
         self.state = state
+        self._steady = (state == ESTABLISHED or state == MIDSTREAM) \
+            and a.fin_end < 0 and b.fin_end < 0
         return ev
 
     # ------------------------------------------------------------------ export
