@@ -1,0 +1,397 @@
+"""Per-port traffic statistics and per-source scan activity.
+
+Which port a packet counts for: the *service* side of its connection. A connection's service
+port is decided once, on its first packet, and remembered (both directions) in a bounded table:
+
+* a TCP packet without ACK/RST (SYN, or a FIN/NULL/Xmas probe) goes to its destination port; a
+  SYN/ACK comes from the service port;
+* a first UDP packet goes to its destination port, unless only its source port is a known
+  service (a capture that starts with the reply);
+* anything else picked up mid-stream: the known service port, else the lower port.
+
+A *connection* is a new TCP SYN (a SYN with another initial sequence number on a known 5-tuple
+is a new one; a retransmitted SYN is not), a SYN/ACK whose SYN was not seen, or a new UDP
+5-tuple. TCP connections picked up mid-stream are counted in packets/bytes, not connections.
+
+Scan activity: each packet that *probes* a port -- a TCP segment without ACK or RST (so SYN
+half-open scans, FIN/NULL/Xmas scans) or the first packet of a UDP 5-tuple sent to its service
+port -- adds the destination port and host to its source's :class:`ScanActivity`. A source is a
+likely scanner when it touched more than ``ALERTS_PORT_SCAN_THRESHOLD`` ports at more than
+``ALERTS_SCAN_RATE`` ports/s (ports / max(1 s, last - first)). A source idle for ``scan_idle``
+seconds starts a fresh activity record, so an old quiet period does not dilute a new scan's rate.
+
+Threading: ``process`` runs on the pipeline thread, which holds ``lock`` around each batch (pass
+the flow tracker's lock in to share it); readers take ``lock`` only to copy references.
+Time is packet time (``pkt.ts``), so a replayed file gives the file's timeline.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from capture.packet import ACK, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RST, SYN, ParsedPacket, proto_name
+from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
+from tracking.services import known_port_keys, port_range, service_name
+
+HISTORY_SECONDS = 60
+SORT_MODES = ("bytes", "packets", "connections", "rate", "hits", "port")
+
+_KNOWN = known_port_keys()
+_SYN_ACK = SYN | ACK
+_ACK_RST = ACK | RST
+
+
+@dataclass(slots=True, eq=False)
+class _PortStats:
+    proto: int
+    port: int
+    service: str
+    first_seen: float
+    last_seen: float
+    packets: int = 0
+    bytes: int = 0
+    connections: int = 0
+    sources: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True, eq=False)
+class _Scan:
+    src: str
+    first_seen: float
+    last_seen: float
+    ports: set[int] = field(default_factory=set)
+    hosts: set[str] = field(default_factory=set)
+    probes: int = 0
+    syn_probes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PortRow:
+    """One port in a snapshot. ``pps``/``bps`` average the last ``rate_window`` seconds."""
+
+    port: int
+    proto: str
+    service: str
+    range: str
+    packets: int
+    bytes: int
+    connections: int
+    #: unique client addresses seen talking to the port (capped at ``max_sources_per_port``)
+    hits: int
+    first_seen: float
+    last_seen: float
+    pps: float
+    bps: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScanActivity:
+    """What one source probed during its current activity period."""
+
+    src_ip: str
+    #: ports touched (capped at ``max_scan_ports``; ``port_count`` is the set's size)
+    ports: frozenset[int]
+    hosts: frozenset[str]
+    probes: int
+    syn_probes: int
+    first_seen: float
+    last_seen: float
+    #: ports per second over max(1 s, last - first)
+    rate: float
+    likely_scanner: bool
+
+    @property
+    def port_count(self) -> int:
+        return len(self.ports)
+
+    @property
+    def host_count(self) -> int:
+        return len(self.hosts)
+
+    @property
+    def duration(self) -> float:
+        return self.last_seen - self.first_seen
+
+
+@dataclass(frozen=True, slots=True)
+class PortsSnapshot:
+    now: float
+    rows: tuple[PortRow, ...]
+    total_ports: int
+    scanners: tuple[ScanActivity, ...]
+
+
+class PortTracker:
+    """Per-port packets/bytes/connections/hits, per-second history and scan activity."""
+
+    def __init__(self, scan_threshold: int = ALERTS_PORT_SCAN_THRESHOLD,
+                 scan_rate: float = ALERTS_SCAN_RATE, scan_idle: float = 300.0,
+                 max_ports: int = 20000, max_connections: int = 200000,
+                 max_sources: int = 10000, max_sources_per_port: int = 4096,
+                 max_scan_ports: int = 4096, max_scan_hosts: int = 1024,
+                 rate_window: int = 10, lock: threading.RLock | None = None) -> None:
+        self.scan_threshold = scan_threshold
+        self.scan_rate = scan_rate
+        self.scan_idle = scan_idle
+        self.max_ports = max_ports
+        self.max_connections = max_connections
+        self.max_sources = max_sources
+        self.max_sources_per_port = max_sources_per_port
+        self.max_scan_ports = max_scan_ports
+        self.max_scan_hosts = max_scan_hosts
+        self.rate_window = max(1, min(rate_window, HISTORY_SECONDS))
+        self.lock = lock if lock is not None else threading.RLock()
+        #: proto << 16 | port -> stats
+        self._ports: dict[int, _PortStats] = {}
+        #: directional 5-tuple -> (service port, TCP initial sequence number or -1)
+        self._conns: dict[tuple[int, str, int, str, int], tuple[int, int]] = {}
+        self._scans: dict[str, _Scan] = {}
+        # per-second ring: slot sec % 60 holds {port key: [packets, bytes]} for second _ring_sec
+        self._ring: list[dict[int, list[int]]] = [{} for _ in range(HISTORY_SECONDS)]
+        self._ring_sec: list[int] = [-1] * HISTORY_SECONDS
+        self._cur: dict[int, list[int]] = self._ring[0]
+        self._sec = -1
+        self._first_sec = -1
+        self.evicted_ports = 0
+        service_name(0, PROTO_TCP)  # load /etc/services now, not on the first packet
+
+    # ---- hot path ----------------------------------------------------------------------------
+    def process(self, pkt: ParsedPacket) -> None:
+        proto = pkt.proto
+        if proto != PROTO_TCP and proto != PROTO_UDP and proto != PROTO_SCTP:
+            return
+        sport = pkt.sport
+        dport = pkt.dport
+        if (pkt.is_fragment and pkt.frag_offset) or (sport == 0 and dport == 0):
+            return  # later fragments carry no ports; port 0 both ways = header not decoded
+        ts = pkt.ts
+        sec = int(ts)
+        if sec != self._sec:
+            self._advance(sec)
+        src = pkt.src_ip
+        dst = pkt.dst_ip
+        flags = pkt.tcp_flags
+        key = (proto, src, sport, dst, dport)
+        conn = self._conns.get(key)
+        new_conn = False
+        if conn is None:
+            if proto == PROTO_TCP:
+                if not flags & _ACK_RST:
+                    svc = dport
+                    new_conn = flags & SYN != 0
+                elif flags & _SYN_ACK == _SYN_ACK:
+                    svc = sport
+                    new_conn = True
+                else:
+                    svc = _pick(proto, sport, dport)
+            else:
+                new_conn = True
+                svc = sport if ((proto << 16 | sport) in _KNOWN
+                                and (proto << 16 | dport) not in _KNOWN) else dport
+            isn = pkt.seq if new_conn and flags & _SYN_ACK == SYN else -1
+            conns = self._conns
+            conns[key] = conns[(proto, dst, dport, src, sport)] = (svc, isn)
+            if len(conns) > self.max_connections:
+                self._trim_conns()
+        else:
+            svc = conn[0]
+            if proto == PROTO_TCP and flags & _SYN_ACK == SYN and pkt.seq != conn[1]:
+                new_conn = True  # the 5-tuple is being reused by a new connection
+                self._conns[key] = self._conns[(proto, dst, dport, src, sport)] = (svc, pkt.seq)
+        pk = proto << 16 | svc
+        st = self._ports.get(pk)
+        if st is None:
+            st = self._new_port(pk, proto, svc, ts)
+        wl = pkt.wire_len
+        st.packets += 1
+        st.bytes += wl
+        st.last_seen = ts
+        if new_conn:
+            st.connections += 1
+        srcs = st.sources
+        if len(srcs) < self.max_sources_per_port:
+            srcs.add(src if svc == dport else dst)
+        h = self._cur.get(pk)
+        if h is None:
+            self._cur[pk] = [1, wl]
+        else:
+            h[0] += 1
+            h[1] += wl
+        if proto == PROTO_TCP:
+            if not flags & _ACK_RST:
+                self._probe(src, dst, dport, ts, flags & SYN)
+        elif new_conn and svc == dport:
+            self._probe(src, dst, dport, ts, 0)
+
+    def _probe(self, src: str, dst: str, port: int, ts: float, syn: int) -> None:
+        sc = self._scans.get(src)
+        if sc is None or ts - sc.last_seen > self.scan_idle:
+            if sc is not None:
+                del self._scans[src]  # re-insert so insertion order stays oldest-first
+            sc = self._scans[src] = _Scan(src, ts, ts)
+            if len(self._scans) > self.max_sources:
+                del self._scans[next(iter(self._scans))]
+        sc.probes += 1
+        if syn:
+            sc.syn_probes += 1
+        if ts > sc.last_seen:
+            sc.last_seen = ts
+        ports = sc.ports
+        if len(ports) < self.max_scan_ports:
+            ports.add(port)
+        hosts = sc.hosts
+        if len(hosts) < self.max_scan_hosts:
+            hosts.add(dst)
+
+    def _new_port(self, pk: int, proto: int, port: int, ts: float) -> _PortStats:
+        st = self._ports[pk] = _PortStats(proto, port, service_name(port, proto), ts, ts)
+        if len(self._ports) > self.max_ports:
+            # Drop the quietest tenth in one pass (a scan leaves thousands of 1-packet ports)
+            # rather than keeping LRU order on every packet.
+            victims = sorted(self._ports.values(), key=lambda s: s.packets)
+            for v in victims[:max(1, len(victims) // 10)]:
+                if v is not st:
+                    del self._ports[v.proto << 16 | v.port]
+                    self.evicted_ports += 1
+        return st
+
+    def _trim_conns(self) -> None:
+        # Oldest-inserted first: dicts keep insertion order, so this is O(1) per entry.
+        conns = self._conns
+        for k in list(conns)[:len(conns) // 10]:
+            del conns[k]
+
+    def _advance(self, sec: int) -> None:
+        if sec < self._sec:
+            return  # a slightly older timestamp: count it in the current second
+        if self._first_sec < 0:
+            self._first_sec = sec
+        self._sec = sec
+        i = sec % HISTORY_SECONDS
+        self._ring_sec[i] = sec
+        self._cur = self._ring[i] = {}
+
+    # ---- readers -----------------------------------------------------------------------------
+    @property
+    def now(self) -> int:
+        """The current second of packet time (-1 before the first packet)."""
+        return self._sec
+
+    def _window(self, seconds: int) -> tuple[list[dict[int, list[int]]], int]:
+        """Copies of the per-second dicts of the last ``seconds`` seconds, and the divisor."""
+        now = self._sec
+        with self.lock:
+            dicts = [self._ring[i].copy() for i in range(HISTORY_SECONDS)
+                     if self._ring_sec[i] > now - seconds and self._ring_sec[i] >= 0]
+        span = min(seconds, now - self._first_sec + 1) if now >= 0 else 1
+        return dicts, max(1, span)
+
+    def snapshot(self, sort: str = "bytes", limit: int | None = None) -> PortsSnapshot:
+        """A frozen view for the dashboard: port rows sorted by ``sort`` and likely scanners."""
+        with self.lock:
+            stats = list(self._ports.values())
+        dicts, span = self._window(self.rate_window)
+        rate: dict[int, list[int]] = {}
+        for d in dicts:
+            for k, (p, b) in d.items():
+                acc = rate.get(k)
+                if acc is None:
+                    rate[k] = [p, b]
+                else:
+                    acc[0] += p
+                    acc[1] += b
+        rows = []
+        for s in stats:
+            r = rate.get(s.proto << 16 | s.port)
+            pps, bps = (r[0] / span, r[1] * 8 / span) if r else (0.0, 0.0)
+            rows.append(PortRow(s.port, proto_name(s.proto), s.service, port_range(s.port),
+                                s.packets, s.bytes, s.connections, len(s.sources),
+                                s.first_seen, s.last_seen, pps, bps))
+        rows = sort_rows(rows, sort)
+        if limit is not None:
+            rows = rows[:limit]
+        return PortsSnapshot(float(self._sec), tuple(rows), len(stats), tuple(self.get_likely_scanners()))
+
+    def rows(self) -> list[dict[str, object]]:
+        """The export's ``ports`` section: every tracked port, busiest (bytes) first."""
+        with self.lock:
+            stats = list(self._ports.values())
+        stats.sort(key=lambda s: (-s.bytes, s.port, s.proto))
+        return [{"port": s.port, "proto": proto_name(s.proto), "service": s.service or None,
+                 "range": port_range(s.port), "packets": s.packets, "bytes": s.bytes,
+                 "connections": s.connections, "hits": len(s.sources),
+                 "first_seen": s.first_seen, "last_seen": s.last_seen} for s in stats]
+
+    def history(self, port: int, proto: int = PROTO_TCP) -> tuple[tuple[int, int], ...]:
+        """(packets, bytes) per second for the last 60 seconds of packet time, oldest first."""
+        pk = proto << 16 | port
+        now = self._sec
+        with self.lock:
+            slots = {self._ring_sec[i]: self._ring[i].get(pk) for i in range(HISTORY_SECONDS)}
+        out = []
+        for sec in range(now - HISTORY_SECONDS + 1, now + 1):
+            h = slots.get(sec)
+            out.append((h[0], h[1]) if h else (0, 0))
+        return tuple(out)
+
+    def _activity(self, sc: _Scan) -> ScanActivity:
+        ports = frozenset(sc.ports)
+        rate = len(ports) / max(1.0, sc.last_seen - sc.first_seen)
+        likely = len(ports) > self.scan_threshold and rate > self.scan_rate
+        return ScanActivity(sc.src, ports, frozenset(sc.hosts), sc.probes, sc.syn_probes,
+                            sc.first_seen, sc.last_seen, rate, likely)
+
+    def get_scan_activity(self, src_ip: str | None = None) -> list[ScanActivity]:
+        """Scan activity of every source (or of ``src_ip``), most ports first."""
+        with self.lock:
+            if src_ip is not None:
+                one = self._scans.get(src_ip)
+                scans = [one] if one is not None else []
+            else:
+                scans = list(self._scans.values())
+            out = [self._activity(sc) for sc in scans]
+        out.sort(key=lambda a: (-len(a.ports), a.src_ip))
+        return out
+
+    def get_likely_scanners(self) -> list[ScanActivity]:
+        with self.lock:
+            scans = [sc for sc in self._scans.values() if len(sc.ports) > self.scan_threshold]
+            out = [a for a in (self._activity(sc) for sc in scans) if a.likely_scanner]
+        out.sort(key=lambda a: (-len(a.ports), a.src_ip))
+        return out
+
+    def port_stats(self, port: int, proto: int = PROTO_TCP) -> PortRow | None:
+        """One port's row (rates over the last ``rate_window`` seconds), or None if unseen."""
+        s = self._ports.get(proto << 16 | port)
+        if s is None:
+            return None
+        dicts, span = self._window(self.rate_window)
+        pk = proto << 16 | port
+        p = sum(d[pk][0] for d in dicts if pk in d)
+        b = sum(d[pk][1] for d in dicts if pk in d)
+        return PortRow(s.port, proto_name(s.proto), s.service, port_range(s.port), s.packets,
+                       s.bytes, s.connections, len(s.sources), s.first_seen, s.last_seen,
+                       p / span, b * 8 / span)
+
+
+def _pick(proto: int, sport: int, dport: int) -> int:
+    """The service port of a connection picked up mid-stream."""
+    d_known = (proto << 16 | dport) in _KNOWN
+    if d_known != ((proto << 16 | sport) in _KNOWN):
+        return dport if d_known else sport
+    return dport if dport <= sport else sport
+
+
+_SORT_KEYS = {
+    "bytes": lambda r: (-r.bytes, r.port),
+    "packets": lambda r: (-r.packets, r.port),
+    "connections": lambda r: (-r.connections, -r.bytes, r.port),
+    "rate": lambda r: (-r.bps, -r.bytes, r.port),
+    "hits": lambda r: (-r.hits, -r.bytes, r.port),
+    "port": lambda r: (r.port, r.proto),
+}
+
+
+def sort_rows(rows: list[PortRow], mode: str = "bytes") -> list[PortRow]:
+    """Rows sorted by one of :data:`SORT_MODES` (unknown modes sort by bytes)."""
+    return sorted(rows, key=_SORT_KEYS.get(mode, _SORT_KEYS["bytes"]))
