@@ -1,0 +1,492 @@
+"""Per-flow deep inspection: the one entry point the packet pipeline calls.
+
+:class:`FlowInspector` keeps, per flow and direction, a small in-order buffer of the first
+bytes of TCP payload (out-of-order segments are parked, retransmissions trimmed), runs the
+detectors on it once (application protocol, TLS hello, HTTP head, QUIC Initial), then frees
+the buffer and marks the direction done. After that, a packet of the flow costs one dict
+lookup and a few integer compares (the anomaly rules). HTTP client directions are the one
+exception: request heads keep being read, up to ``http_requests`` per flow, so keep-alive
+connections report every request they carry.
+
+Privacy: payload bytes live only in these buffers, in memory, and only until the direction is
+classified or its ``stream_bytes`` limit is reached. Facts exclude secrets: no cookies,
+authorization headers, bodies, TLS randoms, session ids or keys.
+
+Wiring: call ``inspect(pkt, flow.flow_key, forward)`` for every packet after the flow tracker
+has placed it (``forward`` = initiator -> responder); read ``facts()``/``as_export()`` when
+building a snapshot or export; call ``forget(flow_key)`` after the flow is retired and exported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from analysis import apps
+from analysis.anomaly import (
+    TINY_FRAGMENT, TTL_TOLERANCE, BeaconDetector, HostAnomalies, AnomalyScore, flag_rule,
+)
+from analysis.http import (
+    MAX_HEAD, HttpRequest, head_end, parse_request, parse_response, starts_request,
+)
+from analysis.osfp import fingerprint
+from analysis.quic import CryptoAssembler, is_long_header
+from analysis.tls import NEED_MORE, NOT_HELLO, ClientHello, ServerHello, parse_tls_stream, \
+    version_name
+from capture.packet import ACK, PROTO_TCP, PROTO_UDP, SYN, ParsedPacket
+from config import MAX_FLOWS
+
+#: bytes of each direction's stream kept while it is being classified
+STREAM_BYTES = 8192
+#: HTTP request heads recorded per flow (keep-alive connections carry many)
+HTTP_REQUESTS = 32
+#: out-of-order TCP segments parked per direction before giving up on it
+MAX_PENDING = 32
+#: UDP datagrams per direction looked at (QUIC may need several for one ClientHello)
+MAX_DATAGRAMS = 8
+
+#: data segments after which a direction that still fits nothing is called unknown
+UNDECIDED_SEGMENTS = 4
+
+# Direction modes.
+_CLASSIFY, _TLS, _HTTP_REQ, _HTTP_RESP, _QUIC, _DONE = range(6)
+_MASK = 0xFFFFFFFF
+
+
+@dataclass(slots=True)
+class DpiFacts:
+    """What inspection found out about one flow. Missing facts are None."""
+
+    app_protocol: str | None = None
+    #: registered service of the responder's port
+    port_guess: str | None = None
+    #: the payload protocol is not what the port is registered for
+    mismatch: bool = False
+    sni: str | None = None
+    #: the ALPN the server chose, else the client's offer joined by ","
+    alpn: str | None = None
+    #: negotiated version when the ServerHello was seen, else the highest offered
+    tls_version: str | None = None
+    ja3: str | None = None
+    ja3_full: str | None = None
+    ja4: str | None = None
+    ja3s: str | None = None
+    http_host: str | None = None
+    http_method: str | None = None
+    http_path: str | None = None
+    http_user_agent: str | None = None
+    http_status: int | None = None
+    http_server: str | None = None
+    http_content_type: str | None = None
+    client_os: str | None = None
+    server_os: str | None = None
+    anomaly_score: int = 0
+    anomaly_reasons: list[str] = field(default_factory=list)
+    #: every request head seen on the flow (bounded by ``http_requests``)
+    http_requests: list[HttpRequest] = field(default_factory=list)
+    client_hello: ClientHello | None = None
+    server_hello: ServerHello | None = None
+
+
+@dataclass(slots=True)
+class _Dir:
+    """One direction's reassembly and detector state."""
+
+    mode: int = _CLASSIFY
+    next_seq: int = -1
+    buf: bytearray = field(default_factory=bytearray)
+    pending: dict[int, bytes] | None = None
+    #: HTTP: body bytes still to skip before the next request head
+    skip: int = 0
+    #: HTTP: lost the message boundary; wait for a segment that starts a request
+    resync: bool = False
+    datagrams: int = 0
+    quic: CryptoAssembler | None = None
+    first_ttl: int = -1
+
+
+@dataclass(slots=True)
+class _FlowState:
+    facts: DpiFacts
+    proto: int
+    server_port: int
+    client_port: int
+    client_ip: str
+    c: _Dir
+    s: _Dir
+    score: AnomalyScore
+    #: both directions are done: only the anomaly checks remain per packet
+    quiet: bool = False
+    #: whether a TTL change means anything here (not for ICMP, where traceroute raises it on
+    #: purpose, nor for broadcast/multicast or unconfigured senders such as DHCP clients)
+    ttl_rule: bool = True
+
+
+class FlowInspector:
+    """Deep inspection of flows, fed one packet at a time.
+
+    Args:
+        max_flows: flows tracked at once; the oldest is dropped beyond this (the tracker
+            normally calls :meth:`forget` first).
+        stream_bytes: bytes of each direction buffered while classifying it.
+        http_requests: request heads recorded per flow.
+        beacons: the detector for regular connection timing (pass one to share it).
+    """
+
+    def __init__(self, max_flows: int = MAX_FLOWS, stream_bytes: int = STREAM_BYTES,
+                 http_requests: int = HTTP_REQUESTS,
+                 beacons: BeaconDetector | None = None) -> None:
+        self.max_flows = max_flows
+        self.stream_bytes = stream_bytes
+        self.http_requests = http_requests
+        self.beacons = beacons if beacons is not None else BeaconDetector()
+        self.hosts = HostAnomalies()
+        self._flows: dict[str, _FlowState] = {}
+
+    # ---- public API --------------------------------------------------------------------------
+    def inspect(self, pkt: ParsedPacket, flow_key: str, forward: bool) -> None:
+        """Inspect one packet of a flow (``forward``: initiator -> responder)."""
+        st = self._flows.get(flow_key)
+        if st is None:
+            st = self._new(pkt, flow_key, forward)
+        proto = pkt.proto
+        d = st.c if forward else st.s
+        # --- anomaly rules: integer checks only
+        ttl = pkt.ttl
+        if d.first_ttl < 0:
+            d.first_ttl = ttl
+        elif ttl != d.first_ttl and abs(ttl - d.first_ttl) > TTL_TOLERANCE and st.ttl_rule:
+            self._flag(st, "ttl_change", f"{d.first_ttl} -> {ttl}")
+        if proto == PROTO_TCP:
+            flags = pkt.tcp_flags
+            rule = flag_rule(flags)
+            if rule is not None and not pkt.is_fragment:
+                self._flag(st, rule)
+            if flags & SYN:
+                self._syn(st, d, pkt, forward, flags)
+        if pkt.is_fragment and pkt.more_fragments and pkt.payload_len < TINY_FRAGMENT:
+            self._flag(st, "tiny_fragment", f"{pkt.payload_len} bytes")
+        if st.quiet or d.mode == _DONE or not pkt.payload_len or pkt.is_fragment:
+            return
+        # --- payload detectors
+        if proto == PROTO_TCP:
+            if self._feed_tcp(d, pkt.seq, pkt.payload):
+                self._run_stream(st, d, forward)
+        elif proto == PROTO_UDP:
+            self._datagram(st, d, bytes(pkt.payload), forward)
+        else:
+            d.mode = _DONE
+        if st.c.mode == _DONE and st.s.mode == _DONE:
+            st.quiet = True
+
+    def facts(self, flow_key: str) -> DpiFacts | None:
+        st = self._flows.get(flow_key)
+        return st.facts if st is not None else None
+
+    def as_export(self, flow_key: str) -> dict[str, Any]:
+        """The export fields of a flow (every key present; missing facts are None)."""
+        f = self.facts(flow_key)
+        if f is None:
+            return dict.fromkeys(EXPORT_FIELDS)
+        return {
+            "app_protocol": f.app_protocol, "sni": f.sni, "alpn": f.alpn,
+            "tls_version": f.tls_version, "ja3": f.ja3, "ja4": f.ja4, "ja3s": f.ja3s,
+            "http_host": f.http_host, "http_user_agent": f.http_user_agent,
+            "src_os": f.client_os, "dst_os": f.server_os,
+            "anomaly_score": f.anomaly_score if f.anomaly_reasons else None,
+            "anomaly_reasons": list(f.anomaly_reasons) if f.anomaly_reasons else None,
+        }
+
+    def forget(self, flow_key: str) -> None:
+        """Drop a retired flow (and any payload bytes still buffered for it)."""
+        self._flows.pop(flow_key, None)
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def buffered_bytes(self) -> int:
+        """Payload bytes held right now, over all flows (for the privacy/memory tests)."""
+        total = 0
+        for st in self._flows.values():
+            for d in (st.c, st.s):
+                total += len(d.buf) + sum(len(b) for b in (d.pending or {}).values())
+        return total
+
+    # ---- flow set-up and anomaly bookkeeping -------------------------------------------------
+    def _new(self, pkt: ParsedPacket, flow_key: str, forward: bool) -> _FlowState:
+        if len(self._flows) >= self.max_flows:
+            self._flows.pop(next(iter(self._flows)))
+        if forward:
+            client_ip, client_port, server_port = pkt.src_ip, pkt.sport, pkt.dport
+            server_ip = pkt.dst_ip
+        else:
+            client_ip, client_port, server_port = pkt.dst_ip, pkt.dport, pkt.sport
+            server_ip = pkt.src_ip
+        proto = pkt.proto
+        facts = DpiFacts(port_guess=apps.port_guess(proto, server_port, client_port))
+        st = _FlowState(facts, proto, server_port, client_port, client_ip, _Dir(), _Dir(),
+                        AnomalyScore())
+        self._flows[flow_key] = st
+        st.ttl_rule = proto in (PROTO_TCP, PROTO_UDP) and not _multi_party(client_ip, server_ip)
+        if proto in (PROTO_TCP, PROTO_UDP) and not (pkt.is_fragment and pkt.frag_offset):
+            if (client_port == 0 or server_port == 0):
+                self._flag(st, "port_zero")
+            if client_ip == server_ip and client_port == server_port:
+                self._flag(st, "land")
+            if proto == PROTO_UDP or pkt.tcp_flags & (SYN | ACK) == SYN:
+                period = self.beacons.observe(client_ip, server_ip, server_port, proto, pkt.ts)
+                if period is not None:
+                    self._flag(st, "beacon", f"every {period:.1f} s")
+        else:
+            st.c.mode = st.s.mode = _DONE
+            st.quiet = True
+        return st
+
+    def _flag(self, st: _FlowState, rule: str, detail: str = "") -> None:
+        if st.score.add(rule, detail):
+            st.facts.anomaly_score = st.score.score
+            st.facts.anomaly_reasons = st.score.reasons
+            self.hosts.add(st.client_ip, rule)
+
+    def _syn(self, st: _FlowState, d: _Dir, pkt: ParsedPacket, forward: bool,
+             flags: int) -> None:
+        d.next_seq = (pkt.seq + 1) & _MASK
+        d.buf.clear()
+        guess = fingerprint(pkt)
+        if guess is None:
+            return
+        if flags & ACK:
+            if not forward:
+                st.facts.server_os = guess.label
+        elif forward:
+            st.facts.client_os = guess.label
+
+    # ---- TCP reassembly ----------------------------------------------------------------------
+    def _feed_tcp(self, d: _Dir, seq: int, data: memoryview) -> bool:
+        """Append in-order bytes to ``d.buf``; park early segments. True if bytes were added."""
+        if d.next_seq < 0:
+            d.next_seq = seq
+        off = (seq - d.next_seq) & _MASK
+        if off >= 0x80000000:
+            off -= 0x100000000
+        n = len(data)
+        if off > 0:
+            if off > 4 * self.stream_bytes:
+                self._give_up(d)                # a gap we will never fill within the budget
+                return False
+            pend = d.pending
+            if pend is None:
+                pend = d.pending = {}
+            if len(pend) >= MAX_PENDING:
+                self._give_up(d)
+                return False
+            key = (d.next_seq + off) & _MASK
+            if n > len(pend.get(key, b"")):
+                pend[key] = bytes(data)
+            return False
+        if off + n <= 0:
+            return False                        # a retransmission of bytes already taken
+        self._take(d, data[-off:] if off else data)
+        pend = d.pending
+        while pend:
+            progressed = False
+            for key in list(pend):
+                o = (key - d.next_seq) & _MASK
+                if o >= 0x80000000:
+                    o -= 0x100000000
+                if o > 0:
+                    continue
+                seg = pend.pop(key)
+                if o + len(seg) > 0:
+                    self._take(d, memoryview(seg)[-o:] if o else seg)
+                progressed = True
+            if not progressed:
+                break
+        return True
+
+    def _take(self, d: _Dir, data: memoryview | bytes) -> None:
+        d.next_seq = (d.next_seq + len(data)) & _MASK
+        if d.skip:                              # HTTP body we are not reading
+            cut = min(d.skip, len(data))
+            d.skip -= cut
+            data = data[cut:]
+            if not data:
+                return
+        if d.resync:
+            if d.buf or not starts_request(data):
+                return
+            d.resync = False
+        room = self.stream_bytes - len(d.buf)
+        if room > 0:
+            d.buf += data[:room]
+
+    def _give_up(self, d: _Dir) -> None:
+        d.mode = _DONE
+        d.buf = bytearray()
+        d.pending = None
+        d.quic = None
+
+    # ---- detectors ---------------------------------------------------------------------------
+    def _set_app(self, st: _FlowState, app: str) -> None:
+        f = st.facts
+        if app == apps.UNKNOWN and f.app_protocol not in (None, apps.UNKNOWN):
+            return
+        if f.app_protocol in (None, apps.UNKNOWN):
+            f.app_protocol = app
+            if apps.is_mismatch(app, st.proto, st.server_port, st.client_port):
+                f.mismatch = True
+                self._flag(st, "port_mismatch", f"{app} on {st.server_port}")
+
+    def _run_stream(self, st: _FlowState, d: _Dir, forward: bool) -> None:
+        if d.mode == _CLASSIFY:
+            app = apps.identify(bytes(d.buf[:64]), PROTO_TCP, forward, st.client_port,
+                                st.server_port)
+            if app == apps.UNDECIDED:
+                d.datagrams += 1
+                if d.datagrams >= UNDECIDED_SEGMENTS:
+                    self._set_app(st, apps.UNKNOWN)
+                    self._give_up(d)
+                return
+            self._set_app(st, app)
+            if app == apps.TLS:
+                d.mode = _TLS
+            elif app == apps.HTTP:
+                d.mode = _HTTP_REQ if starts_request(d.buf) else _HTTP_RESP
+            else:
+                self._give_up(d)
+                return
+        if d.mode == _TLS:
+            self._tls(st, d)
+        elif d.mode == _HTTP_REQ:
+            self._http_requests(st, d)
+        elif d.mode == _HTTP_RESP:
+            self._http_response(st, d)
+
+    def _tls(self, st: _FlowState, d: _Dir) -> None:
+        res = parse_tls_stream(bytes(d.buf))
+        if res == NEED_MORE:
+            if len(d.buf) >= self.stream_bytes:
+                self._give_up(d)
+            return
+        f = st.facts
+        if isinstance(res, ClientHello):
+            self._client_hello(f, res)
+        elif isinstance(res, ServerHello):
+            self._server_hello(f, res)
+        self._give_up(d)
+
+    @staticmethod
+    def _client_hello(f: DpiFacts, hello: ClientHello) -> None:
+        f.client_hello = hello
+        f.sni = hello.sni
+        if f.server_hello is None:
+            f.alpn = ",".join(hello.alpn) if hello.alpn else None
+            f.tls_version = version_name(hello.max_version)
+        f.ja3_full = hello.ja3_full()
+        f.ja3 = hello.ja3()
+        f.ja4 = hello.ja4()
+
+    @staticmethod
+    def _server_hello(f: DpiFacts, hello: ServerHello) -> None:
+        f.server_hello = hello
+        f.ja3s = hello.ja3s()
+        f.tls_version = version_name(hello.version)
+        if hello.alpn is not None:
+            f.alpn = hello.alpn
+
+    def _http_requests(self, st: _FlowState, d: _Dir) -> None:
+        f = st.facts
+        buf = d.buf
+        while buf:
+            if not starts_request(buf):
+                d.resync = True
+                buf.clear()
+                return
+            end = head_end(buf)
+            if end < 0:
+                if len(buf) >= min(self.stream_bytes, MAX_HEAD):
+                    d.resync = True             # head too large to buffer: skip this one
+                    buf.clear()
+                return
+            req = parse_request(bytes(buf[:end]))
+            del buf[:end]
+            if req is None:
+                d.resync = True
+                buf.clear()
+                return
+            if not f.http_requests:
+                f.http_method, f.http_path = req.method, req.path
+                f.http_host, f.http_user_agent = req.host, req.user_agent
+            f.http_requests.append(req)
+            if len(f.http_requests) >= self.http_requests:
+                self._give_up(d)
+                return
+            if req.body_length < 0:
+                d.resync = True
+                buf.clear()
+                return
+            if req.body_length:
+                cut = min(req.body_length, len(buf))
+                del buf[:cut]
+                d.skip = req.body_length - cut
+
+    def _http_response(self, st: _FlowState, d: _Dir) -> None:
+        end = head_end(d.buf)
+        if end < 0:
+            if len(d.buf) >= min(self.stream_bytes, MAX_HEAD):
+                self._give_up(d)
+            return
+        resp = parse_response(bytes(d.buf[:end]))
+        if resp is not None:
+            f = st.facts
+            f.http_status, f.http_server = resp.status, resp.server
+            f.http_content_type = resp.content_type
+        self._give_up(d)
+
+    def _datagram(self, st: _FlowState, d: _Dir, data: bytes, forward: bool) -> None:
+        d.datagrams += 1
+        if d.mode == _CLASSIFY:
+            app = apps.identify(data, PROTO_UDP, forward, st.client_port, st.server_port)
+            self._set_app(st, app)
+            if app == apps.QUIC and is_long_header(data):
+                d.mode = _QUIC
+                if forward:
+                    d.quic = CryptoAssembler()
+                else:
+                    client = st.c.quic
+                    if client is None or client.dcid is None:
+                        self._give_up(d)
+                        return
+                    d.quic = CryptoAssembler(server=True, dcid=client.dcid)
+            else:
+                self._give_up(d)
+                return
+        if d.mode == _QUIC and d.quic is not None:
+            hello = d.quic.feed(data)
+            f = st.facts
+            if isinstance(hello, ClientHello):
+                self._client_hello(f, hello)
+            elif isinstance(hello, ServerHello):
+                self._server_hello(f, hello)
+            if d.quic.done or d.datagrams >= MAX_DATAGRAMS:
+                if forward and d.quic.dcid is not None:
+                    # keep the DCID (not payload) so the server's Initial can be read
+                    d.quic.chunks.clear()
+                    d.mode = _DONE
+                    d.buf = bytearray()
+                else:
+                    self._give_up(d)
+
+
+def _multi_party(client_ip: str, server_ip: str) -> bool:
+    """Broadcast, multicast or unspecified addresses: senders' TTLs legitimately differ."""
+    if client_ip in ("0.0.0.0", "::") or server_ip.endswith(".255"):
+        return True
+    if server_ip[:2].lower() == "ff":
+        return True
+    head = server_ip.split(".", 1)[0]
+    return head.isdigit() and 224 <= int(head) <= 239
+
+
+EXPORT_FIELDS = ("app_protocol", "sni", "alpn", "tls_version", "ja3", "ja4", "ja3s",
+                 "http_host", "http_user_agent", "src_os", "dst_os", "anomaly_score",
+                 "anomaly_reasons")
