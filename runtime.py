@@ -76,10 +76,18 @@ class Runtime:
         assert self.source is not None
         self._worker = threading.Thread(target=self._capture_loop, name="pipeline", daemon=True)
         self._worker.start()
+        # The source's reader thread has its own stop flag; relay ours to it, whoever sets it
+        # (Ctrl+C, SIGTERM, --duration, the dashboard's q).
+        threading.Thread(target=self._relay_stop, name="stop-relay", daemon=True).start()
         if self.args.duration:
             t = threading.Timer(self.args.duration, self.stop.set)
             t.daemon = True
             t.start()
+
+    def _relay_stop(self) -> None:
+        self.stop.wait()
+        if self.source is not None:
+            self.source.stop()
 
     def _capture_loop(self) -> None:
         assert self.source is not None
@@ -118,6 +126,11 @@ class Runtime:
         return run_dashboard(self)
 
     def run_headless(self) -> int:
+        if self.source_kind == "live":
+            # Like tcpdump's "listening on": scripts wait for this line before sending traffic.
+            sys.stderr.write(f"packettracer: capturing on {self.source.description}"
+                             f"{' (filter: ' + self.settings.CAPTURE_FILTER + ')' if self.settings.CAPTURE_FILTER else ''}\n")
+            sys.stderr.flush()
         self.start_capture()
         self.wait_capture()
         self.shutdown()

@@ -7,6 +7,7 @@ queue is libpcap's ``next_batch`` copy. A full queue drops the batch and counts 
 from __future__ import annotations
 
 import queue
+import select
 import struct
 import threading
 import time
@@ -227,8 +228,14 @@ class LiveSource(PacketSource):
         n = 0
         limit = self.count
         last_stats = 0.0
+        # Non-blocking reads behind select(): a quiet interface (or a filter that matches
+        # nothing) must not park the thread inside libpcap where stop() cannot reach it.
+        h.setnonblock(1)
+        fd = h.getfd()
         while not self._stop.is_set():
             pkts, meta = h.next_batch(self.batch_size)
+            if not meta:
+                select.select([fd], [], [], 0.1)
             if meta:
                 # next_batch reports (sec, usec, offset, caplen); with a 256 KiB snaplen the
                 # captured length is the wire length for every frame Linux delivers.
