@@ -237,6 +237,7 @@ class Components:
     inspector: Any = None
     security: Any = None
     tcp_totals_fn: Callable[[], dict[str, Any]] | None = None
+    enricher: Any = None
 
     def dns_records(self) -> list[dict[str, Any]]:
         return self.dns.records() if self.dns is not None else []
@@ -257,10 +258,66 @@ class Components:
         return out
 
 
-def _tcp_factory() -> Callable[[], Any] | None:
-    return None
+def _tcp_factory() -> Callable[[], Any]:
+    from tracking.tcp_state import TcpConnection
+    return TcpConnection
 
 
 def build_components(settings: Settings, flows: FlowTracker) -> Components:
     """Create every tracker the settings ask for and wire it to the pipeline's hooks."""
-    return Components()
+    from analysis.inspector import FlowInspector
+    from geo.enrich import build_enricher
+    from security.monitor import SecurityMonitor
+    from tracking.classifier import TrafficClassifier
+    from tracking.hops import HopAnalyzer
+    from tracking.packet_stats import PacketAnalyzer
+    from tracking.ports import PortTracker
+    from tracking.tcp_totals import TcpTotals
+
+    lock = flows.lock  # one lock: the pipeline holds it per batch, readers per snapshot
+    c = Components()
+    c.packet_stats = PacketAnalyzer(lock=lock)
+    c.ports = PortTracker(settings.ALERTS_PORT_SCAN_THRESHOLD, settings.ALERTS_SCAN_RATE, lock=lock)
+    c.hops = HopAnalyzer(lock=lock)
+    c.classifier = TrafficClassifier(lock=lock)
+    c.inspector = FlowInspector()
+    c.dns = _dns_tracker(settings)
+    c.stages = [c.packet_stats.process, c.ports.process, c.hops.process]
+    if c.dns is not None:
+        c.stages.append(c.dns.process)
+    c.security = SecurityMonitor.from_settings(settings)
+    c.stages.append(c.security.process)
+    c.on_close.append(c.security.close)
+
+    inspect = c.inspector.inspect
+
+    def dpi_stage(pkt: Any, flow: Any, forward: bool) -> None:
+        inspect(pkt, flow.flow_key, forward)
+
+    c.flow_stages = [c.classifier.flow_stage, dpi_stage]
+    c.flow_enrichers.append(lambda f: c.inspector.as_export(f.flow_key))
+
+    totals = TcpTotals()
+
+    def on_retire_keep_facts(flow: Any) -> None:
+        # Facts of retired flows are kept for the export until the run ends.
+        if flow.tcp is not None:
+            totals.add(flow.tcp)
+
+    flows.listeners.append(on_retire_keep_facts)
+    c.tcp_totals_fn = lambda: totals.merged(
+        f.tcp for f in flows.snapshot() if f.tcp is not None).as_dict()
+
+    passive = c.dns.passive_names if c.dns is not None else None
+    c.enricher = build_enricher(settings, passive_lookup=passive)
+    c.flow_enrichers.append(c.enricher.flow_fields)
+    c.on_close.append(c.enricher.close)
+    return c
+
+
+def _dns_tracker(settings: Settings) -> Any:
+    try:
+        from tracking.dns_tracker import DNSTracker
+    except ImportError:  # the DNS tracker is optional until it lands
+        return None
+    return DNSTracker(max_records=settings.DNS_MAX_RECORDS)

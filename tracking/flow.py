@@ -32,6 +32,8 @@ class TcpAnalyzer(Protocol):
 
     def update(self, pkt: ParsedPacket, forward: bool) -> int: ...
 
+    def is_new_connection(self, pkt: ParsedPacket, forward: bool) -> bool: ...
+
     def as_dict(self) -> dict[str, Any]: ...
 
 
@@ -205,9 +207,11 @@ class FlowTracker:
             hit = self._new_flow(pkt, key, src, sport, dst, dport)
         else:
             flow = hit[0]
-            if flow.tcp is not None and flow.tcp.closed and pkt.tcp_flags & (SYN | ACK) == SYN:
-                # A fresh SYN on a finished connection starts a new one (tshark: a new stream).
-                self._retire(flow, "closed")
+            if flow.tcp is not None and pkt.tcp_flags & (SYN | ACK) == SYN and \
+                    flow.tcp.is_new_connection(pkt, hit[1]):
+                # A SYN with a new initial sequence number starts a new connection on the same
+                # 5-tuple (tshark: a new tcp.stream); its sender is the new flow's initiator.
+                self._retire(flow, "closed" if flow.tcp.closed else "reused")
                 hit = self._new_flow(pkt, key, src, sport, dst, dport)
         flow, fwd = hit
         self._account(flow, fwd, pkt)
