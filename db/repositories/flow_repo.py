@@ -31,14 +31,17 @@ _KNOWN = frozenset(FLOW_COLUMNS)
 #: keys computed from other columns: not stored, rebuilt on read
 _DERIVED = frozenset({"duration", "packets", "bytes"})
 _JSON_COLUMNS = frozenset({"anomaly_reasons", "alpn"})
-#: NOT NULL counters: a row without them stores 0 (an explicit NULL would bypass the default)
+#: NOT NULL counters: a new row without them stores 0 (an explicit NULL bypasses the default)
 _COUNTERS = frozenset({"packets_sent", "packets_recv", "bytes_sent", "bytes_recv"})
 
 _ALL = ("session_id",) + FLOW_COLUMNS + ("extra",)
+# Numbered parameters let the update read the row's raw values: a key that is None (or missing)
+# in an update keeps the stored value, while a new row still gets 0 for a missing counter.
 UPSERT_SQL = (
-    f"INSERT INTO flows ({', '.join(_ALL)}) VALUES ({', '.join('?' * len(_ALL))}) "
-    "ON CONFLICT(session_id, flow_key) DO UPDATE SET "
-    + ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in _ALL[2:])
+    f"INSERT INTO flows ({', '.join(_ALL)}) VALUES ("
+    + ", ".join(f"COALESCE(?{i}, 0)" if c in _COUNTERS else f"?{i}" for i, c in enumerate(_ALL, 1))
+    + ") ON CONFLICT(session_id, flow_key) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE(?{i}, {c})" for i, c in enumerate(_ALL, 1) if i > 2)
 )
 
 #: sort keys the panels and CLI may ask for -> SQL (a whitelist: never user text in SQL)
@@ -67,10 +70,7 @@ def flow_params(session_id: int, row: dict[str, Any]) -> tuple[Any, ...]:
     get = row.get
     for name in FLOW_COLUMNS:
         value = get(name)
-        if value is None:
-            if name in _COUNTERS:
-                value = 0
-        elif name in _JSON_COLUMNS and not isinstance(value, str):
+        if value is not None and name in _JSON_COLUMNS and not isinstance(value, str):
             value = to_json(value)
         values.append(value)
     extra = {k: v for k, v in row.items() if k not in _KNOWN and k not in _DERIVED}

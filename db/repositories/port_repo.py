@@ -15,10 +15,14 @@ PORT_COLUMNS = ("port", "protocol", "service", "packets", "bytes", "hits", "flow
                 "first_seen", "last_seen")
 _KNOWN = frozenset(PORT_COLUMNS)
 _ALL = ("session_id",) + PORT_COLUMNS + ("extra",)
+_COUNTERS = frozenset({"packets", "bytes", "hits"})   # NOT NULL: 0 when a new row lacks them
+# numbered parameters let the update see the row's raw value: a key missing from an update keeps
+# the stored value, while a new row still gets 0 for a missing counter
 _UPSERT = (
-    f"INSERT INTO port_stats ({', '.join(_ALL)}) VALUES ({', '.join('?' * len(_ALL))}) "
-    "ON CONFLICT(session_id, port, protocol) DO UPDATE SET "
-    + ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in _ALL[3:])
+    f"INSERT INTO port_stats ({', '.join(_ALL)}) VALUES ("
+    + ", ".join(f"COALESCE(?{i}, 0)" if c in _COUNTERS else f"?{i}" for i, c in enumerate(_ALL, 1))
+    + ") ON CONFLICT(session_id, port, protocol) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE(?{i}, {c})" for i, c in enumerate(_ALL, 1) if i > 3)
 )
 SCAN_COLUMNS = ("src_ip", "first_seen", "last_seen", "ports_hit", "scan_rate", "likely_scanner",
                 "ports")
