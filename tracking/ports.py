@@ -52,6 +52,10 @@ class _PortStats:
     bytes: int = 0
     connections: int = 0
     sources: set[str] = field(default_factory=set)
+    # the second being counted (hsec) and its packets/bytes, filed into the ring when it ends
+    hsec: int = -1
+    hp: int = 0
+    hb: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -146,10 +150,10 @@ class PortTracker:
         #: directional 5-tuple -> (service port, TCP initial sequence number or -1)
         self._conns: dict[tuple[int, str, int, str, int], tuple[int, int]] = {}
         self._scans: dict[str, _Scan] = {}
-        # per-second ring: slot sec % 60 holds {port key: [packets, bytes]} for second _ring_sec
-        self._ring: list[dict[int, list[int]]] = [{} for _ in range(HISTORY_SECONDS)]
+        # per-second ring: slot sec % 60 holds {port key: (packets, bytes)} for second
+        # _ring_sec[slot]; each port's current second is kept on its stats until it ends
+        self._ring: list[dict[int, tuple[int, int]]] = [{} for _ in range(HISTORY_SECONDS)]
         self._ring_sec: list[int] = [-1] * HISTORY_SECONDS
-        self._cur: dict[int, list[int]] = self._ring[0]
         self._sec = -1
         self._first_sec = -1
         self.evicted_ports = 0
@@ -165,14 +169,12 @@ class PortTracker:
         if (pkt.is_fragment and pkt.frag_offset) or (sport == 0 and dport == 0):
             return  # later fragments carry no ports; port 0 both ways = header not decoded
         ts = pkt.ts
-        sec = int(ts)
-        if sec != self._sec:
-            self._advance(sec)
         src = pkt.src_ip
         dst = pkt.dst_ip
         flags = pkt.tcp_flags
         key = (proto, src, sport, dst, dport)
-        conn = self._conns.get(key)
+        conns = self._conns
+        conn = conns.get(key)
         new_conn = False
         if conn is None:
             if proto == PROTO_TCP:
@@ -188,35 +190,34 @@ class PortTracker:
                 new_conn = True
                 svc = sport if ((proto << 16 | sport) in _KNOWN
                                 and (proto << 16 | dport) not in _KNOWN) else dport
+            st = self._ports.get(proto << 16 | svc)
+            if st is None:
+                st = self._new_port(proto, svc, ts)
             isn = pkt.seq if new_conn and flags & _SYN_ACK == SYN else -1
-            conns = self._conns
-            conns[key] = conns[(proto, dst, dport, src, sport)] = (svc, isn)
+            conns[key] = conns[(proto, dst, dport, src, sport)] = (st, isn)
             if len(conns) > self.max_connections:
                 self._trim_conns()
         else:
-            svc = conn[0]
+            st = conn[0]
+            svc = st.port
             if proto == PROTO_TCP and flags & _SYN_ACK == SYN and pkt.seq != conn[1]:
                 new_conn = True  # the 5-tuple is being reused by a new connection
-                self._conns[key] = self._conns[(proto, dst, dport, src, sport)] = (svc, pkt.seq)
-        pk = proto << 16 | svc
-        st = self._ports.get(pk)
-        if st is None:
-            st = self._new_port(pk, proto, svc, ts)
+                conns[key] = conns[(proto, dst, dport, src, sport)] = (st, pkt.seq)
         wl = pkt.wire_len
         st.packets += 1
         st.bytes += wl
         st.last_seen = ts
         if new_conn:
             st.connections += 1
-        srcs = st.sources
-        if len(srcs) < self.max_sources_per_port:
-            srcs.add(src if svc == dport else dst)
-        h = self._cur.get(pk)
-        if h is None:
-            self._cur[pk] = [1, wl]
+        sec = int(ts)
+        if sec == st.hsec:
+            st.hp += 1
+            st.hb += wl
         else:
-            h[0] += 1
-            h[1] += wl
+            self._roll(st, sec, wl)
+        client = src if svc == dport else dst
+        if client not in st.sources and len(st.sources) < self.max_sources_per_port:
+            st.sources.add(client)
         if proto == PROTO_TCP:
             if not flags & _ACK_RST:
                 self._probe(src, dst, dport, ts, flags & SYN)
@@ -243,16 +244,18 @@ class PortTracker:
         if len(hosts) < self.max_scan_hosts:
             hosts.add(dst)
 
-    def _new_port(self, pk: int, proto: int, port: int, ts: float) -> _PortStats:
-        st = self._ports[pk] = _PortStats(proto, port, service_name(port, proto), ts, ts)
+    def _new_port(self, proto: int, port: int, ts: float) -> _PortStats:
+        st = self._ports[proto << 16 | port] = _PortStats(proto, port, service_name(port, proto), ts, ts)
         if len(self._ports) > self.max_ports:
             # Drop the quietest tenth in one pass (a scan leaves thousands of 1-packet ports)
-            # rather than keeping LRU order on every packet.
+            # rather than keeping LRU order on every packet. The connection table points at
+            # stats objects, so it is cleared too (connections are re-learned as they go on).
             victims = sorted(self._ports.values(), key=lambda s: s.packets)
             for v in victims[:max(1, len(victims) // 10)]:
                 if v is not st:
                     del self._ports[v.proto << 16 | v.port]
                     self.evicted_ports += 1
+            self._conns.clear()
         return st
 
     def _trim_conns(self) -> None:
@@ -261,15 +264,26 @@ class PortTracker:
         for k in list(conns)[:len(conns) // 10]:
             del conns[k]
 
-    def _advance(self, sec: int) -> None:
-        if sec < self._sec:
-            return  # a slightly older timestamp: count it in the current second
-        if self._first_sec < 0:
-            self._first_sec = sec
-        self._sec = sec
-        i = sec % HISTORY_SECONDS
-        self._ring_sec[i] = sec
-        self._cur = self._ring[i] = {}
+    def _roll(self, st: _PortStats, sec: int, wl: int) -> None:
+        """The port's first packet in a new second: file its last second into the ring."""
+        if sec < st.hsec:  # a slightly older timestamp: count it in the current second
+            st.hp += 1
+            st.hb += wl
+            return
+        if sec > self._sec:
+            if self._first_sec < 0:
+                self._first_sec = sec
+            self._sec = sec
+        if st.hsec >= 0:
+            i = st.hsec % HISTORY_SECONDS
+            if self._ring_sec[i] != st.hsec:
+                if self._ring_sec[i] > st.hsec:
+                    st.hsec, st.hp, st.hb = sec, 1, wl
+                    return  # older than the ring reaches
+                self._ring_sec[i] = st.hsec
+                self._ring[i] = {}
+            self._ring[i][st.proto << 16 | st.port] = (st.hp, st.hb)
+        st.hsec, st.hp, st.hb = sec, 1, wl
 
     # ---- readers -----------------------------------------------------------------------------
     @property
@@ -277,40 +291,49 @@ class PortTracker:
         """The current second of packet time (-1 before the first packet)."""
         return self._sec
 
-    def _window(self, seconds: int) -> tuple[list[dict[int, list[int]]], int]:
-        """Copies of the per-second dicts of the last ``seconds`` seconds, and the divisor."""
+    def _seconds(self, stats: list[_PortStats], seconds: int) -> tuple[dict[int, list[int]], int]:
+        """Packets/bytes per port over the last ``seconds`` seconds, and the divisor to use."""
         now = self._sec
+        lo = now - seconds
         with self.lock:
-            dicts = [self._ring[i].copy() for i in range(HISTORY_SECONDS)
-                     if self._ring_sec[i] > now - seconds and self._ring_sec[i] >= 0]
+            dicts = [self._ring[i].copy() for i in range(HISTORY_SECONDS) if self._ring_sec[i] > lo]
+            pending = [(s.proto << 16 | s.port, s.hsec, s.hp, s.hb) for s in stats]
+        acc: dict[int, list[int]] = {}
+        for d in dicts:
+            for k, (p, b) in d.items():
+                a = acc.get(k)
+                if a is None:
+                    acc[k] = [p, b]
+                else:
+                    a[0] += p
+                    a[1] += b
+        for k, sec, p, b in pending:
+            if sec > lo:
+                a = acc.get(k)
+                if a is None:
+                    acc[k] = [p, b]
+                else:
+                    a[0] += p
+                    a[1] += b
         span = min(seconds, now - self._first_sec + 1) if now >= 0 else 1
-        return dicts, max(1, span)
+        return acc, max(1, span)
 
     def snapshot(self, sort: str = "bytes", limit: int | None = None) -> PortsSnapshot:
         """A frozen view for the dashboard: port rows sorted by ``sort`` and likely scanners."""
         with self.lock:
             stats = list(self._ports.values())
-        dicts, span = self._window(self.rate_window)
-        rate: dict[int, list[int]] = {}
-        for d in dicts:
-            for k, (p, b) in d.items():
-                acc = rate.get(k)
-                if acc is None:
-                    rate[k] = [p, b]
-                else:
-                    acc[0] += p
-                    acc[1] += b
-        rows = []
-        for s in stats:
-            r = rate.get(s.proto << 16 | s.port)
-            pps, bps = (r[0] / span, r[1] * 8 / span) if r else (0.0, 0.0)
-            rows.append(PortRow(s.port, proto_name(s.proto), s.service, port_range(s.port),
-                                s.packets, s.bytes, s.connections, len(s.sources),
-                                s.first_seen, s.last_seen, pps, bps))
+        rate, span = self._seconds(stats, self.rate_window)
+        rows = [self._row(s, rate.get(s.proto << 16 | s.port), span) for s in stats]
         rows = sort_rows(rows, sort)
         if limit is not None:
             rows = rows[:limit]
         return PortsSnapshot(float(self._sec), tuple(rows), len(stats), tuple(self.get_likely_scanners()))
+
+    @staticmethod
+    def _row(s: _PortStats, r: list[int] | None, span: int) -> PortRow:
+        pps, bps = (r[0] / span, r[1] * 8 / span) if r else (0.0, 0.0)
+        return PortRow(s.port, proto_name(s.proto), s.service, port_range(s.port), s.packets,
+                       s.bytes, s.connections, len(s.sources), s.first_seen, s.last_seen, pps, bps)
 
     def rows(self) -> list[dict[str, object]]:
         """The export's ``ports`` section: every tracked port, busiest (bytes) first."""
@@ -328,6 +351,9 @@ class PortTracker:
         now = self._sec
         with self.lock:
             slots = {self._ring_sec[i]: self._ring[i].get(pk) for i in range(HISTORY_SECONDS)}
+            st = self._ports.get(pk)
+            if st is not None and st.hsec >= 0:
+                slots[st.hsec] = (st.hp, st.hb)
         out = []
         for sec in range(now - HISTORY_SECONDS + 1, now + 1):
             h = slots.get(sec)
@@ -365,13 +391,8 @@ class PortTracker:
         s = self._ports.get(proto << 16 | port)
         if s is None:
             return None
-        dicts, span = self._window(self.rate_window)
-        pk = proto << 16 | port
-        p = sum(d[pk][0] for d in dicts if pk in d)
-        b = sum(d[pk][1] for d in dicts if pk in d)
-        return PortRow(s.port, proto_name(s.proto), s.service, port_range(s.port), s.packets,
-                       s.bytes, s.connections, len(s.sources), s.first_seen, s.last_seen,
-                       p / span, b * 8 / span)
+        rate, span = self._seconds([s], self.rate_window)
+        return self._row(s, rate.get(proto << 16 | port), span)
 
 
 def _pick(proto: int, sport: int, dport: int) -> int:
