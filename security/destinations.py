@@ -45,9 +45,17 @@ _DELIVERY_ERRORS = (OSError, requests.RequestException, smtplib.SMTPException, D
 
 
 class QueuedDestination:
-    """Base class: a bounded queue drained by one daemon thread calling :meth:`deliver`."""
+    """Base class: a bounded queue drained by one daemon thread calling :meth:`deliver`.
+
+    After ``breaker_failures`` failures in a row the destination is considered down for
+    ``breaker_cooldown`` seconds: alerts reaching the worker meanwhile are failed at once (and
+    counted) instead of each waiting out timeouts and retries, so the queue keeps moving and a
+    recovered destination is used again after the cooldown.
+    """
 
     name = "destination"
+    breaker_failures = 5
+    breaker_cooldown = 30.0
 
     def __init__(self, queue_size: int = 1000) -> None:
         self._queue: queue.Queue[Alert | None] = queue.Queue(max(1, queue_size))
@@ -58,6 +66,9 @@ class QueuedDestination:
         self.failed = 0
         self.dropped = 0
         self.last_error = ""
+        self.skipped = 0
+        self._consecutive = 0
+        self._down_until = 0.0
         self._thread: threading.Thread | None = None
 
     def start(self) -> "QueuedDestination":
@@ -104,12 +115,24 @@ class QueuedDestination:
 
     def _attempt(self, alerts: list[Alert]) -> None:
         try:
+            if time.monotonic() < self._down_until:
+                self.failed += len(alerts)
+                self.skipped += len(alerts)
+                return
             self.deliver(alerts)
             self.sent += len(alerts)
+            self._consecutive = 0
         except _DELIVERY_ERRORS as exc:
             self.failed += len(alerts)
             self.last_error = _describe(exc)
-            log.warning("alert destination %s failed: %s", self.name, self.last_error)
+            self._consecutive += 1
+            if self._consecutive >= self.breaker_failures:
+                self._consecutive = 0
+                self._down_until = time.monotonic() + self.breaker_cooldown
+                log.warning("alert destination %s is down (%s); pausing %.0f s", self.name,
+                            self.last_error, self.breaker_cooldown)
+            else:
+                log.warning("alert destination %s failed: %s", self.name, self.last_error)
         finally:
             self._done(len(alerts))
 
@@ -118,7 +141,9 @@ class QueuedDestination:
 
     def stats(self) -> dict[str, Any]:
         return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped,
-                "queued": self._queue.qsize(), "last_error": self.last_error}
+                "queued": self._queue.qsize(), "last_error": self.last_error,
+                "skipped_while_down": self.skipped,
+                "down": time.monotonic() < self._down_until}
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the worker; alerts still queued after ``timeout`` are abandoned."""
