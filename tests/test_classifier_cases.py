@@ -1,0 +1,161 @@
+"""TrafficClassifier: every category, real payload bytes from the captures, flow patterns."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from capture.packet import (
+    PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParsedPacket,
+)
+from capture.reader import iter_parsed
+from tests.conftest import CAPTURES, require
+from tracking import classifier as c
+from tracking.classifier import TrafficClassifier
+from tracking.flow import FlowTracker
+
+T, U = PROTO_TCP, PROTO_UDP
+
+
+@pytest.mark.parametrize(("proto", "sport", "dport", "category", "encrypted"), [
+    (T, 51000, 80, c.WEB, False),
+    (T, 51000, 443, c.SECURE_WEB, True),
+    (U, 51000, 53, c.DNS, False),
+    (T, 51000, 853, c.DNS, True),
+    (T, 51000, 993, c.MAIL, True),
+    (T, 51000, 25, c.MAIL, False),
+    (T, 51000, 21, c.FILE_TRANSFER, False),
+    (T, 51000, 445, c.FILE_TRANSFER, False),
+    (T, 51000, 22, c.REMOTE_ACCESS, True),
+    (T, 51000, 3389, c.REMOTE_ACCESS, True),
+    (T, 51000, 554, c.STREAMING, False),
+    (T, 51000, 1935, c.STREAMING, False),
+    (U, 51000, 5060, c.VOIP, False),
+    (U, 51000, 3478, c.VOIP, False),
+    (U, 51000, 27015, c.GAMING, False),
+    (T, 51000, 25565, c.GAMING, False),
+    (U, 51000, 51820, c.VPN, True),
+    (U, 51000, 1194, c.VPN, True),
+    (PROTO_ESP, 0, 0, c.VPN, True),
+    (PROTO_GRE, 0, 0, c.VPN, False),
+    (T, 51000, 5432, c.DATABASE, False),
+    (T, 51000, 3306, c.DATABASE, False),
+    (T, 51000, 5222, c.MESSAGING, False),
+    (T, 51000, 8883, c.MESSAGING, True),
+    (T, 51000, 6881, c.P2P, False),
+    (U, 68, 67, c.NETWORK_SERVICES, False),
+    (U, 51000, 123, c.NETWORK_SERVICES, False),
+    (U, 51000, 161, c.NETWORK_SERVICES, False),
+    (U, 5353, 5353, c.DISCOVERY, False),
+    (U, 51000, 1900, c.DISCOVERY, False),
+    (U, 137, 137, c.DISCOVERY, False),
+    (U, 51000, 5355, c.DISCOVERY, False),
+    (T, 51000, 10050, c.MANAGEMENT, False),
+    (T, 51000, 5986, c.MANAGEMENT, True),
+    (PROTO_ICMP, 0, 0, c.ICMP, False),
+    (PROTO_ICMPV6, 0, 0, c.ICMP, False),
+    (T, 51000, 40000, c.UNKNOWN, False),
+    (U, 51000, 40000, c.UNKNOWN, False),
+])
+def test_every_category_by_port(proto: int, sport: int, dport: int, category: str,
+                                encrypted: bool) -> None:
+    assert TrafficClassifier.classify(proto, sport, dport) == (category, encrypted)
+    # the service port is recognised whichever side it is on
+    assert TrafficClassifier.classify(proto, dport, sport) == (category, encrypted)
+
+
+def test_all_eighteen_categories_are_named() -> None:
+    assert len(c.CATEGORIES) == 18
+
+
+def _first_payload(name: str, port: int) -> ParsedPacket:
+    path = CAPTURES / name
+    require(path.exists(), f"{path} missing")
+    return next(p for p in iter_parsed(path) if p.payload_len and port in (p.sport, p.dport))
+
+
+#: (capture, service port, category, encrypted, recognisable from the bytes alone)
+REAL = [
+    ("tls12-sni.pcap", 443, c.SECURE_WEB, True, True),
+    ("tls13-chrome-browse.pcap", 443, c.SECURE_WEB, True, True),
+    ("quic-curl-http3.pcap", 443, c.SECURE_WEB, True, True),
+    ("http-espn-browse.pcapng", 80, c.WEB, False, True),
+    ("ssh-single-connection.pcap", 22, c.REMOTE_ACCESS, True, True),
+    ("smtp-session.pcap", 25, c.MAIL, False, True),
+    ("dhcp-dora.pcapng", 67, c.NETWORK_SERVICES, False, True),
+    ("lan-mix-ssdp-dns-stp.pcap", 1900, c.DISCOVERY, False, True),
+    ("dns-nxdomain.pcapng", 53, c.DNS, False, False),
+    ("ntp-client-server.pcap", 123, c.NETWORK_SERVICES, False, False),
+    ("mdns-ipv4-ipv6.pcap", 5353, c.DISCOVERY, False, False),
+]
+
+
+@pytest.mark.parametrize(("name", "port", "category", "encrypted", "by_bytes"), REAL,
+                         ids=[r[0] for r in REAL])
+def test_real_payloads(name: str, port: int, category: str, encrypted: bool,
+                       by_bytes: bool) -> None:
+    p = _first_payload(name, port)
+    assert TrafficClassifier.classify(p.proto, p.sport, p.dport, p.payload) == (category, encrypted)
+    if by_bytes:
+        # the same bytes on ports that say nothing are still recognised
+        assert TrafficClassifier.classify(p.proto, 40001, 40002, p.payload) == (category, encrypted)
+
+
+def test_signature_beats_or_refines_the_port() -> None:
+    tls = _first_payload("tls12-sni.pcap", 443).payload
+    http = _first_payload("http-espn-browse.pcapng", 80).payload
+    ssh = _first_payload("ssh-single-connection.pcap", 22).payload
+    assert TrafficClassifier.classify(T, 51000, 993, tls) == (c.MAIL, True)       # IMAPS stays mail
+    assert TrafficClassifier.classify(T, 51000, 8080, tls) == (c.SECURE_WEB, True)
+    assert TrafficClassifier.classify(T, 51000, 443, http) == (c.WEB, False)     # plain HTTP
+    assert TrafficClassifier.classify(T, 51000, 80, ssh) == (c.REMOTE_ACCESS, True)
+    assert TrafficClassifier.classify(T, 51000, 40000, b"\x13BitTorrent protocol" + bytes(48)) \
+        == (c.P2P, False)
+    stun = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)
+    assert TrafficClassifier.classify(U, 51000, 40000, stun) == (c.VOIP, False)
+    assert TrafficClassifier.classify(U, 1, 2, b"", app_protocol="DNS") == (c.DNS, False)
+
+
+def test_flow_stage_classifies_real_flows() -> None:
+    for name, category, encrypted in (("tls13-chrome-browse.pcap", c.SECURE_WEB, True),
+                                      ("ssh-single-connection.pcap", c.REMOTE_ACCESS, True),
+                                      ("smtp-session.pcap", c.MAIL, False)):
+        path = CAPTURES / name
+        require(path.exists(), f"{path} missing")
+        flows, cls = FlowTracker(), TrafficClassifier()
+        for p in iter_parsed(path):
+            hit = flows.process(p)
+            if hit is not None:
+                cls.flow_stage(p, hit[0], hit[1])
+        assert {(f.classification, f.encrypted) for f in flows.all_flows()} == {(category, encrypted)}
+
+
+def test_classify_flow_keeps_signature_results() -> None:
+    cls = TrafficClassifier(max_flows=2)
+    tls = _first_payload("tls12-sni.pcap", 443).payload
+    assert cls.classify_flow("a", T, 51000, 40000) == (c.UNKNOWN, False)
+    assert cls.classify_flow("a", T, 51000, 40000, tls) == (c.SECURE_WEB, True)
+    assert cls.classify_flow("a", T, 51000, 40000, b"nothing here") == (c.SECURE_WEB, True)
+    assert cls.get_classification("a") == (c.SECURE_WEB, True)
+
+    class F:
+        flow_key = "a"
+    assert cls.get_classification(F()) == (c.SECURE_WEB, True)
+    cls.classify_flow("b", U, 5353, 5353)
+    cls.classify_flow("c", U, 51000, 53)
+    assert len(cls) == 2 and cls.get_classification("a") is None  # bounded, oldest dropped
+
+
+def test_refine_flow_patterns() -> None:
+    r = TrafficClassifier.refine
+    # a long, big, one-way download on HTTPS looks like streaming
+    assert r(c.SECURE_WEB, 20000, 25_000_000, 300.0, 1250.0, bytes_up=400_000) == c.STREAMING
+    # ... not when it is an upload
+    assert r(c.SECURE_WEB, 20000, 25_000_000, 300.0, 1250.0, bytes_up=20_000_000) == c.SECURE_WEB
+    # small regular UDP packets at ~50/s: VoIP
+    assert r(c.UNKNOWN, 3000, 3000 * 200, 60.0, 200.0, proto=U) == c.VOIP
+    # short or sparse flows stay what they were
+    assert r(c.UNKNOWN, 10, 2000, 1.0, 200.0, proto=U) == c.UNKNOWN
+    assert r(c.UNKNOWN, 3000, 3000 * 200, 60.0, 200.0, proto=T) == c.UNKNOWN
+    # specific categories are never overridden by shape
+    assert r(c.DNS, 20000, 25_000_000, 300.0, 1250.0) == c.DNS
