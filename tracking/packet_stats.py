@@ -88,19 +88,17 @@ class PacketStatsSnapshot:
 
     @property
     def pps(self) -> float:
-        """Packets/s over the last complete seconds in the 60 s window (0 if under 1 s)."""
-        return _avg(self.per_second, 1)
+        """Packets/s over the complete seconds of the 60 s window that the session covers."""
+        return _avg(self.per_second, 1, int(self.first_ts))
 
     @property
     def bps(self) -> float:
-        return _avg(self.per_second, 2) * 8
+        return _avg(self.per_second, 2, int(self.first_ts)) * 8
 
 
-def _avg(rows: tuple[tuple[int, int, int], ...], col: int) -> float:
-    # The newest second is still filling up; average the ones before it that the session covers.
-    done = [r[col] for r in rows[:-1]]
-    while done and not done[0]:
-        done.pop(0)
+def _avg(rows: tuple[tuple[int, int, int], ...], col: int, first_sec: int) -> float:
+    # The newest second is still filling up; seconds before the session began do not count.
+    done = [r[col] for r in rows[:-1] if r[0] >= first_sec]
     return sum(done) / len(done) if done else 0.0
 
 
@@ -108,62 +106,56 @@ class PacketAnalyzer:
     def __init__(self, max_minutes: int = 7 * 24 * 60, lock: threading.RLock | None = None) -> None:
         self.max_minutes = max_minutes
         self.lock = lock if lock is not None else threading.RLock()
-        self.packets = 0
-        self.bytes = 0
         self.malformed = 0
         self.first_ts = 0.0
         self.last_ts = 0.0
         self.malformed_reasons: dict[str, int] = {}
-        self._protocols: dict[int, int] = {}     # IP protocol number -> frames
+        #: ip_version << 8 | IP protocol -> frames (a list: one index per packet, no hashing)
+        self._ipproto = [0] * (7 << 8)
         self._other: dict[str, int] = {}         # non-IP and undecoded frames by label
         self._tunneled: dict[str, int] = {}
-        self._v4 = 0
-        self._v6 = 0
         self._sizes = [0] * len(SIZE_BUCKETS)
         self._flags = [0] * 0x200              # full flags value -> frames, decoded on read
         self._icmp: dict[int, int] = {}          # type << 8 | code -> frames
         self._icmp6: dict[int, int] = {}
         self._arp: dict[int, int] = {}
+        # packets/bytes of the second being counted; finished seconds are added to the totals
         self._sec = -1
         self._sec_p = 0
         self._sec_b = 0
+        self._done_p = 0
+        self._done_b = 0
         self._seconds: dict[int, tuple[int, int]] = {}   # finished seconds in the last 60
         self._minutes: dict[int, list[int]] = {}
+
+    @property
+    def packets(self) -> int:
+        return self._done_p + self._sec_p
+
+    @property
+    def bytes(self) -> int:
+        return self._done_b + self._sec_b
 
     # ---- hot path ----------------------------------------------------------------------------
     def process(self, pkt: ParsedPacket) -> None:
         wl = pkt.wire_len
         ts = pkt.ts
-        self.packets += 1
-        self.bytes += wl
-        if not self.first_ts:
-            self.first_ts = ts
         if ts > self.last_ts:
             self.last_ts = ts
-        sec = int(ts)
-        if sec != self._sec:
-            self._roll(sec)
+        if int(ts) != self._sec:
+            self._roll(ts)
         self._sec_p += 1
         self._sec_b += wl
         self._sizes[(wl // 20).bit_length() if wl < 5120 else 9] += 1
-        v = pkt.ip_version
-        if v:
-            if v == 4:
-                self._v4 += 1
-            else:
-                self._v6 += 1
-            proto = pkt.proto
-            if proto and pkt.src_ip:
-                d = self._protocols
-                d[proto] = d.get(proto, 0) + 1
-                if proto == PROTO_TCP:
-                    self._flags[pkt.tcp_flags & 0x1FF] += 1
-                elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
-                    self._icmp_count(pkt)
-                if pkt.inner is not None:
-                    self._inner(pkt.inner)
-            else:
-                self._label(protocol_label(pkt))
+        proto = pkt.proto
+        if proto and pkt.ip_version and pkt.src_ip:
+            self._ipproto[pkt.ip_version << 8 | proto] += 1
+            if proto == PROTO_TCP:
+                self._flags[pkt.tcp_flags & 0x1FF] += 1
+            elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+                self._icmp_count(pkt)
+            if pkt.inner is not None:
+                self._inner(pkt.inner)
         elif pkt.arp is not None:
             self._label("ARP")
             op = pkt.arp.op
@@ -203,23 +195,29 @@ class PacketAnalyzer:
                     counted_icmp = True
             p = p.inner
 
-    def _roll(self, sec: int) -> None:
+    def _roll(self, ts: float) -> None:
+        sec = int(ts)
         if sec < self._sec:
             return  # slightly out-of-order timestamp: counted in the current second
         if self._sec >= 0:
-            self._seconds[self._sec] = (self._sec_p, self._sec_b)
+            p, b = self._sec_p, self._sec_b
+            self._done_p += p
+            self._done_b += b
+            self._seconds[self._sec] = (p, b)
             m = self._sec // 60 * 60
             acc = self._minutes.get(m)
             if acc is None:
-                self._minutes[m] = [self._sec_p, self._sec_b]
+                self._minutes[m] = [p, b]
                 if len(self._minutes) > self.max_minutes:
                     del self._minutes[next(iter(self._minutes))]
             else:
-                acc[0] += self._sec_p
-                acc[1] += self._sec_b
+                acc[0] += p
+                acc[1] += b
             old = sec - HISTORY_SECONDS
             for s in [s for s in self._seconds if s <= old]:
                 del self._seconds[s]
+        else:
+            self.first_ts = ts
         self._sec = sec
         self._sec_p = 0
         self._sec_b = 0
@@ -227,7 +225,7 @@ class PacketAnalyzer:
     # ---- readers -----------------------------------------------------------------------------
     def snapshot(self) -> PacketStatsSnapshot:
         with self.lock:
-            protocols = dict(self._protocols)
+            ipproto = list(self._ipproto)
             other = dict(self._other)
             tunneled = dict(self._tunneled)
             flags = list(self._flags)
@@ -237,12 +235,24 @@ class PacketAnalyzer:
             minutes = {m: tuple(v) for m, v in self._minutes.items()}
             sec, sec_p, sec_b = self._sec, self._sec_p, self._sec_b
             packets, nbytes, malformed = self.packets, self.bytes, self.malformed
-            first, last, v4, v6 = self.first_ts, self.last_ts, self._v4, self._v6
+            first, last = self.first_ts, self.last_ts
         names: dict[str, int] = {}
-        for proto, n in protocols.items():
-            names[PROTO_NAMES.get(proto, f"IP-{proto}")] = n
+        v4 = v6 = 0
+        for key, n in enumerate(ipproto):
+            if n:
+                proto = key & 0xFF
+                name = PROTO_NAMES.get(proto) or f"IP-{proto}"
+                names[name] = names.get(name, 0) + n
+                if key >> 8 == 4:
+                    v4 += n
+                else:
+                    v6 += n
         for name, n in other.items():
             names[name] = names.get(name, 0) + n
+            if name == "IPv4":
+                v4 += n
+            elif name == "IPv6":
+                v6 += n
         flag_counts = {name: 0 for _, name in TCP_FLAGS}
         syn_only = syn_ack = 0
         for value, n in enumerate(flags):
