@@ -135,7 +135,8 @@ class OwnershipResolver:
     def query(self, ip: str) -> OwnershipInfo | None:
         """Ask the registries now (blocking, on the calling thread), following referrals."""
         addr = lookup_address(ip)
-        name, target = self.server, (self.server, self.port)
+        name = self.server
+        target = self.servers.get(name) or (self.server, self.port)
         best: tuple[WhoisAnswer, str] | None = None
         visited: set[str] = set()
         for _ in range(self.max_referrals + 1):
