@@ -232,7 +232,7 @@ class PacketAnalyzer:
             icmp, icmp6, arp = dict(self._icmp), dict(self._icmp6), dict(self._arp)
             sizes = list(self._sizes)
             seconds = dict(self._seconds)
-            minutes = {m: tuple(v) for m, v in self._minutes.items()}
+            minutes = {m: (v[0], v[1]) for m, v in list(self._minutes.items())}
             sec, sec_p, sec_b = self._sec, self._sec_p, self._sec_b
             packets, nbytes, malformed = self.packets, self.bytes, self.malformed
             first, last = self.first_ts, self.last_ts

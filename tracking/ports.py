@@ -375,14 +375,15 @@ class PortTracker:
                 scans = [one] if one is not None else []
             else:
                 scans = list(self._scans.values())
-            out = [self._activity(sc) for sc in scans]
+        out = [self._activity(sc) for sc in scans]
         out.sort(key=lambda a: (-len(a.ports), a.src_ip))
         return out
 
     def get_likely_scanners(self) -> list[ScanActivity]:
         with self.lock:
-            scans = [sc for sc in self._scans.values() if len(sc.ports) > self.scan_threshold]
-            out = [a for a in (self._activity(sc) for sc in scans) if a.likely_scanner]
+            scans = list(self._scans.values())  # one C-level copy: safe against a writer
+        out = [self._activity(sc) for sc in scans if len(sc.ports) > self.scan_threshold]
+        out = [a for a in out if a.likely_scanner]
         out.sort(key=lambda a: (-len(a.ports), a.src_ip))
         return out
 
