@@ -1,0 +1,36 @@
+"""View 7, DPI: OS fingerprints, TLS SNI/JA3/JA4, HTTP hosts, application protocols, anomaly scores.
+
+Data: ``dpi`` (tallies from dashboard.collect.dpi_facts over all or the selected flows).
+"""
+from __future__ import annotations
+
+from rich.columns import Columns
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from dashboard.panels._common import scope
+from dashboard.state import DashboardState
+from dashboard.view_state import ViewState
+from dashboard.widgets import counts_table, net_text, notice, table
+
+
+def render(state: DashboardState, view: ViewState) -> RenderableType:
+    head = scope(state, "Deep packet inspection")
+    d = state.data.get("dpi")
+    if d is None:
+        return Group(head, notice("no deep packet inspection in this run: SNI, JA3/JA4, HTTP hosts "
+                                  "and OS fingerprints are not being collected"))
+    n = max(3, (view.page_rows - 6) // 2)
+    parts = [counts_table("Application protocols (flows)", d["apps"], "protocol", limit=n),
+             counts_table("TLS SNI", d["sni"], "server name", limit=n),
+             counts_table("HTTP hosts", d["http_hosts"], "host", limit=n),
+             counts_table("JA3", d["ja3"], "fingerprint", limit=n),
+             counts_table("JA4", d["ja4"], "fingerprint", limit=n),
+             counts_table("OS fingerprints", d["os"], "host / OS", limit=n)]
+    an = table("Anomalies", "score", "flow", "reasons", justify_right=("score",))
+    for score, key, reasons in d["anomalies"][:n]:
+        an.add_row(str(score), net_text(key, 60), net_text(", ".join(reasons), 80))
+    if not d["anomalies"]:
+        an.add_row("", Text("no anomalies", style="green"), "")
+    return Group(head, Text(f"{d['inspected']} flows inspected", style="dim"),
+                 Columns(parts + [an], padding=(0, 2)))
