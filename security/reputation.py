@@ -43,14 +43,16 @@ class BlockList:
 
     def add(self, prefix: str, source: str = "manual") -> bool:
         """Insert one address or CIDR; False (and counted) if it is not one."""
+        if self._insert(prefix, source):
+            self.sources[source] = self.sources.get(source, 0) + 1
+            return True
+        return False
+
+    def _insert(self, prefix: str, source: str) -> bool:
         slash = prefix.find("/")
         if slash >= 0:
-            try:
-                bits = int(prefix[slash + 1:])
-            except ValueError:
-                self.rejected += 1
-                return False
-            if bits < 0 or bits > (128 if ":" in prefix else 32):
+            bits = prefix[slash + 1:]
+            if not bits.isdigit() or int(bits) > (128 if ":" in prefix else 32):
                 self.rejected += 1
                 return False
         try:
@@ -58,27 +60,25 @@ class BlockList:
         except (ValueError, KeyError):
             self.rejected += 1
             return False
-        self.sources[source] = self.sources.get(source, 0) + 1
         return True
 
     def load_lines(self, lines: Iterable[str], source: str) -> int:
         """Load one list's lines; returns how many entries were accepted."""
         added = 0
-        add = self.add
+        insert = self._insert
         for line in lines:
-            cut = len(line)
-            for mark in ("#", ";"):
-                i = line.find(mark)
-                if 0 <= i < cut:
-                    cut = i
-            entry = line[:cut].strip()
-            if entry:
+            if "#" in line or ";" in line:
+                line = line.split("#", 1)[0].split(";", 1)[0]
+            entry = line.strip()
+            if not entry:
+                continue
+            if " " in entry or "\t" in entry:
                 # Some lists put extra columns after the prefix; the first one is the address.
-                space = entry.find(" ")
-                if space > 0:
-                    entry = entry[:space]
-                if add(entry, source):
-                    added += 1
+                entry = entry.split(None, 1)[0]
+            if insert(entry, source):
+                added += 1
+        if added:
+            self.sources[source] = self.sources.get(source, 0) + added
         return added
 
     def load_file(self, path: str | os.PathLike[str]) -> int:
