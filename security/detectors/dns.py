@@ -1,7 +1,7 @@
 """DNS abuse: NXDOMAIN bursts per client (DGA malware, misconfigured scanners) and long,
 high-entropy query names (tunnels such as dnscat2/iodine carry data in the labels).
 
-Only the DNS header and the first question are decoded, straight from the payload view, and the
+Only the DNS header and the questions are decoded (analysis/dns_message.py, sections=0), and the
 entropy is computed only for names already longer than ``min_name_len``: ordinary lookups cost a
 header read and a short label walk.
 """
@@ -10,42 +10,24 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from analysis.dns_message import decode
 from capture.packet import PROTO_TCP, PROTO_UDP, ParsedPacket
 from security.alerts import AlertEngine
 from security.detectors._bounded import evict_oldest
 from utils.sanitize import clean_text
 
 DNS_PORT = 53
-#: longest name we bother to decode (RFC 1035 limit is 255 octets on the wire)
-_MAX_NAME = 255
 
 
 def parse_question(msg: memoryview | bytes) -> tuple[int, int, str] | None:
     """(flags, qdcount, first qname) of a DNS message, or None if it is not one.
 
-    Labels are decoded as ASCII with replacement; a compression pointer in the question (never
-    sent by real resolvers) ends the name.
+    Uses the project's DNS decoder limited to the header and questions (``sections=0``).
     """
     if len(msg) < 12:
         return None
-    flags = msg[2] << 8 | msg[3]
-    qd = msg[4] << 8 | msg[5]
-    if qd == 0:
-        return flags, 0, ""
-    labels: list[str] = []
-    i, end, total = 12, len(msg), 0
-    while i < end:
-        n = msg[i]
-        if n == 0:
-            break
-        if n & 0xC0 or i + 1 + n > end:
-            break
-        total += n + 1
-        if total > _MAX_NAME:
-            break
-        labels.append(bytes(msg[i + 1:i + 1 + n]).decode("ascii", "replace"))
-        i += 1 + n
-    return flags, qd, ".".join(labels)
+    m = decode(msg, sections=0)
+    return m.flags, m.qdcount, m.qname or ""
 
 
 def shannon_entropy(text: str) -> float:
