@@ -235,7 +235,11 @@ def load_settings(cli: Mapping[str, Any] | None = None, config_path: str | None 
     env = os.environ if environ is None else environ
     explicit = config_path is not None
     path = Path(os.path.expanduser(config_path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_PATH))
-    if path.exists() or explicit:
+    try:
+        present = path.exists()
+    except OSError:  # e.g. HOME of another user after dropping privileges
+        present = False
+    if present or explicit:
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
         for name, value in read_config_file(path).items():

@@ -127,13 +127,17 @@ def run(argv: list[str] | None = None) -> int:
         print("packettracer: --count and --duration must not be negative", file=sys.stderr)
         return EXIT_USAGE
 
-    from runtime import Runtime, RuntimeError_
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
+        # First Ctrl+C/SIGTERM: stop capturing, flush and export. A second Ctrl+C aborts.
+        if signum == signal.SIGINT and stop.is_set():
+            raise KeyboardInterrupt
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    from runtime import Runtime, RuntimeError_
     try:
         rt = Runtime(settings, args, stop)
     except (CaptureError, RuntimeError_) as exc:

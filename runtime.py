@@ -102,18 +102,8 @@ class Runtime:
         return self._worker is not None and not self._worker.is_alive()
 
     def wait_capture(self) -> None:
-        """Block until the source ends or stop is set; Ctrl+C sets stop (twice: abort)."""
+        """Block until the source ends or stop is set (main.py turns Ctrl+C/SIGTERM into stop)."""
         assert self._worker is not None
-        previous = signal.getsignal(signal.SIGINT)
-
-        def on_int(signum: int, frame: Any) -> None:
-            if self.stop.is_set():
-                signal.signal(signal.SIGINT, previous)
-                raise KeyboardInterrupt
-            self.stop.set()
-
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, on_int)
         while self._worker.is_alive():
             self._worker.join(0.2)
         if self.source is not None:
@@ -135,6 +125,8 @@ class Runtime:
         self.wait_capture()
         self.shutdown()
         self.print_summary()
+        if self.source is not None and self.source.error is not None:
+            raise RuntimeError_(f"capture on {self.source.description} failed: {self.source.error}")
         return 0
 
     def shutdown(self) -> None:

@@ -26,6 +26,15 @@ log = get_logger(__name__)
 
 _META = struct.Struct("=IIII")
 
+#: pcap_activate() status codes (pcap/pcap.h) -> what the user is told
+_ACTIVATE_ERRORS = {
+    -1: "generic libpcap error", -4: "the interface is already active",
+    -5: "no such device", -6: "monitor mode is not supported",
+    -7: "no permission: not permitted to capture", -8: "permission denied",
+    -9: "the interface is not up", -10: "timestamp precision not supported",
+    -11: "promiscuous mode: permission denied",
+}
+
 #: one queue item: a list of frames, or None = end of stream
 Batch = list[RawFrame]
 
@@ -204,7 +213,10 @@ class LiveSource(PacketSource):
             h.set_promisc(promisc)
             h.set_timeout(timeout_ms)
             h.set_buffer_size(buffer_mb * 1024 * 1024)
-            h.activate()
+            rc = h.activate()
+            # pcapy-ng returns pcap_activate's status instead of raising: <0 is an error.
+            if isinstance(rc, int) and rc < 0:
+                raise pcapy.PcapError(_ACTIVATE_ERRORS.get(rc, f"pcap_activate failed ({rc})"))
         except pcapy.PcapError as exc:
             text = str(exc)
             low = text.lower()

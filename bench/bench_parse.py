@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Offline throughput, side by side: our parser and full pipeline vs tcpdump and tshark.
+
+    python bench/bench_parse.py [CAPTURE]     (default: bench/data/bench-1m.pcap, generated if missing)
+
+Prints packets/s for each and the ratios to tshark's `-q -z conv,tcp -z conv,udp` on the same
+file in the same run, plus peak RSS. Never trust one absolute figure: compare ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # entry point
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of a child command."""
+    t = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    el = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed: {r.stderr.strip()[:200]}")
+    return el, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+
+
+def parse_only(path: Path) -> tuple[float, int]:
+    from capture.parser import parse
+    from capture.reader import CaptureFile
+    t = time.perf_counter()
+    n = 0
+    for f in CaptureFile(path):
+        parse(f.data, f.linktype, f.ts, f.wire_len, f.iface)
+        n += 1
+    return time.perf_counter() - t, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("capture", nargs="?", type=Path, default=ROOT / "bench/data/bench-1m.pcap")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    a = ap.parse_args()
+    if not a.capture.exists():
+        from bench.gen_capture import generate
+        generate(a.capture, 1_000_000, 50_000)
+    res: dict[str, float] = {}
+    el, n = parse_only(a.capture)
+    res["parse_pps"] = n / el
+    py = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
+    el, rss_ours = timed([py, str(ROOT / "main.py"), "-r", str(a.capture), "--no-ui", "--no-db",
+                          "--offline", "--log-file", "/dev/null"])
+    res["pipeline_pps"] = n / el
+    res["pipeline_rss_mib"] = rss_ours / 1024
+    if shutil.which("tcpdump"):
+        el, _ = timed(["tcpdump", "-r", str(a.capture), "-w", "/dev/null"])
+        res["tcpdump_pps"] = n / el
+    if shutil.which("tshark"):
+        el, rss = timed(["tshark", "-n", "-q", "-r", str(a.capture), "-z", "conv,tcp", "-z", "conv,udp"])
+        res["tshark_pps"] = n / el
+        res["tshark_rss_mib"] = max(rss, rss_ours) / 1024
+    print(f"capture: {a.capture} ({n} packets)")
+    for k, v in res.items():
+        print(f"  {k:<20} {v:>12,.0f}")
+    if "tshark_pps" in res:
+        print(f"  parse / tshark       {res['parse_pps'] / res['tshark_pps']:>12.2f}x   (target >= 4)")
+        print(f"  pipeline / tshark    {res['pipeline_pps'] / res['tshark_pps']:>12.2f}x   (target >= 2)")
+    if "tcpdump_pps" in res:
+        print(f"  pipeline / tcpdump   {res['pipeline_pps'] / res['tcpdump_pps']:>12.3f}x")
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
