@@ -1,7 +1,7 @@
 """Header: source, filter, session, elapsed, rates, packets, drops, malformed, persistence."""
 from __future__ import annotations
 
-from rich.console import RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.text import Text
 
 from dashboard.state import DashboardState
@@ -48,11 +48,26 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
     if state.selected_count:
         line2.append(f"  selected {state.selected_count}", style="bold yellow")
 
-    tabs = Text()
-    for vid, (key, title) in VIEWS.items():
-        style = "bold reverse" if vid == view.view else "dim"
-        tabs.append(f" {key} {title} ", style=style)
-    out = Text("\n").join([line1, line2, tabs])
-    out.no_wrap = True
-    out.overflow = "ellipsis"
-    return out
+    for line in (line1, line2):
+        line.no_wrap = True
+        line.overflow = "ellipsis"
+    return Group(line1, line2, TabBar(view.view))
+
+
+class TabBar:
+    """View tabs; when the full names do not fit, only the active view keeps its name."""
+
+    def __init__(self, active: str) -> None:
+        self.active = active
+
+    def _build(self, short: bool) -> Text:
+        tabs = Text(no_wrap=True, overflow="ellipsis")
+        for vid, (key, title) in VIEWS.items():
+            on = vid == self.active
+            tabs.append(f" {key} {title} " if on or not short else f" {key} ",
+                        style="bold reverse" if on else "dim")
+        return tabs
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        full = self._build(False)
+        yield full if full.cell_len <= options.max_width else self._build(True)

@@ -37,16 +37,18 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
         ("sources", len(agg.talkers)), ("destinations", len(agg.destinations)),
         ("capture packets", state.header.packets), ("malformed", state.header.malformed),
     ])
-    protos = counts_table("Protocols (bytes)", agg.proto_bytes, "protocol", fmt=fmt_bytes)
-    parts: list[RenderableType] = [overview, protos,
-                                   _talkers("Top talkers", agg.talkers, names),
-                                   _talkers("Top destinations", agg.destinations, names)]
+    n = max(3, view.page_rows // 3)
+    protos = counts_table("Protocols (bytes)", agg.proto_bytes, "protocol", fmt=fmt_bytes, limit=n)
+    # Most telling first: on a small terminal the later tables fall off the bottom.
+    parts: list[RenderableType] = [_talkers("Top destinations", agg.destinations, names, n),
+                                   _talkers("Top talkers", agg.talkers, names, n),
+                                   protos, overview]
     domains = state.data.get("domains")
-    parts.append(counts_table("Top domains (bytes)", domains, "domain", fmt=fmt_bytes) if domains
+    parts.append(counts_table("Top domains (bytes)", domains, "domain", fmt=fmt_bytes, limit=n) if domains
                  else notice("no names for destinations yet (needs DNS answers)", "Top domains"))
     for key, title in (("countries", "Countries"), ("owners", "ISPs / ASNs")):
         c = state.data.get(key)
-        parts.append(counts_table(f"{title} (bytes)", c, fmt=fmt_bytes) if c
+        parts.append(counts_table(f"{title} (bytes)", c, fmt=fmt_bytes, limit=n) if c
                      else notice("no geo/ASN enrichment in this run", title))
     ps = state.data.get("packet_stats")
     if ps is None:
