@@ -135,6 +135,7 @@ class DNSResolver:
         try:
             with socket.socket(family, socket.SOCK_DGRAM) as sock:
                 sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+                sock.setblocking(False)      # dnspython requires it of a socket it is given
                 self.own.add_local_port(sock.getsockname()[1])
                 resp = dns.query.udp(q, self.nameserver, timeout=self.timeout, port=self.port,
                                      sock=sock, ignore_unexpected=True)
