@@ -155,41 +155,58 @@ def _escape(text: str) -> str:
     return "".join(f"\\{ord(c):03o}" if c < " " or c == "\x7f" else c for c in text)
 
 
-def _name(buf: bytes, off: int, end: int) -> tuple[str, int, str]:
+_LOOP = (NAME_LOOPS, 0, "compression pointer loop")
+
+
+def _text(raw: bytes) -> str:
+    if raw.isascii():
+        text = raw.decode("ascii")
+        if text.isprintable():  # the common case: no escaping needed
+            return text
+        return _escape(text)
+    return _escape(raw.decode("utf-8", "replace"))
+
+
+def _name(buf: bytes, off: int, end: int, cache: dict[int, tuple[str, int, str]],
+          depth: int = 0) -> tuple[str, int, str, int]:
     """Read a (possibly compressed) name at ``off``.
 
-    Returns (text, offset just after the name in place, problem) where problem is "" or why
-    the name is bad but readable (too long, loop). Raises _Malformed when it cannot be read.
+    Returns (text, offset just after the name in place, problem, octets on the wire) where
+    problem is "" or why the name is bad but readable (too long, loop). Raises _Malformed when
+    it cannot be read.
+
+    The name a pointer leads to is decoded once per message and kept in ``cache`` (keyed by
+    offset): without it a crafted 64 KiB message whose thousands of records all point at one
+    long name costs a quarter of a second; with it the work is linear in the message size.
+    A target is marked as a loop while it is being decoded, which is also the loop check.
     """
     labels: list[bytes] = []
-    append = labels.append
-    after = -1
     wire = 1  # the root byte
-    hops = 0
+    suffix: tuple[str, int, str] | None = None
     while True:
         if off >= end:
             raise _Malformed("name runs past the end of the message")
         ln = buf[off]
         if ln == 0:
-            if after < 0:
-                after = off + 1
+            after = off + 1
             break
         kind = ln & 0xC0
         if kind == 0xC0:
             if off + 1 >= end:
                 raise _Malformed("compression pointer cut short")
-            if after < 0:
-                after = off + 2
-            hops += 1
-            if hops > _MAX_POINTER_HOPS:
-                return NAME_LOOPS, after, "compression pointer loop"
+            after = off + 2
             target = ((ln & 0x3F) << 8) | buf[off + 1]
             if target >= end:
                 raise _Malformed("compression pointer outside the message")
-            if target == off:
-                return NAME_LOOPS, after, "compression pointer loop"
-            off = target
-            continue
+            suffix = cache.get(target)
+            if suffix is None:
+                if depth >= _MAX_POINTER_HOPS:
+                    suffix = _LOOP
+                else:
+                    cache[target] = _LOOP
+                    stext, _, sprob, swire = _name(buf, target, end, cache, depth + 1)
+                    suffix = cache[target] = (stext, swire, sprob)
+            break
         if kind:
             raise _Malformed(f"invalid label type 0x{ln:02x}")
         off += 1
@@ -198,22 +215,33 @@ def _name(buf: bytes, off: int, end: int) -> tuple[str, int, str]:
             raise _Malformed("label runs past the end of the message")
         wire += ln + 1
         if wire <= 255:  # MAX_NAME_WIRE, inlined: this loop is the decoder's hot spot
-            append(buf[off:nxt])
+            labels.append(buf[off:nxt])
+        elif depth:
+            # behind a pointer nobody needs the end offset: stop, or names pointing into one
+            # long label run would each walk it (quadratic work on a crafted message)
+            return NAME_TOO_LONG, -1, "name longer than 255 octets", wire
         off = nxt
-    if wire > MAX_NAME_WIRE:
-        return NAME_TOO_LONG, after, "name longer than 255 octets"
+    if suffix is None:
+        if wire > MAX_NAME_WIRE:
+            return NAME_TOO_LONG, after, "name longer than 255 octets", wire
+        if not labels:
+            return ROOT_NAME, after, "", wire
+        return _text(b".".join(labels)), after, "", wire
+    stext, swire, sprob = suffix
+    if stext == NAME_LOOPS:
+        return NAME_LOOPS, after, sprob, wire
+    total = wire + swire - 1
+    if total > MAX_NAME_WIRE or stext == NAME_TOO_LONG:
+        return NAME_TOO_LONG, after, "name longer than 255 octets", total
     if not labels:
-        return ROOT_NAME, after, ""
-    raw = b".".join(labels)
-    if raw.isascii():
-        text = raw.decode("ascii")
-        if text.isprintable():  # the common case: no escaping needed
-            return text, after, ""
-        return _escape(text), after, ""
-    return _escape(raw.decode("utf-8", "replace")), after, ""
+        return stext, after, sprob, total
+    if stext == ROOT_NAME:
+        return _text(b".".join(labels)), after, "", total
+    return _text(b".".join(labels)) + "." + stext, after, "", total
 
 
-def _rdata(buf: bytes, rtype: int, off: int, rdlen: int) -> tuple[str | None, str]:
+def _rdata(buf: bytes, rtype: int, off: int, rdlen: int,
+           cache: dict[int, tuple[str, int, str]]) -> tuple[str | None, str]:
     """Text form of one rdata and a problem ("" if none)."""
     end = off + rdlen
     if rtype == T_A:
@@ -228,17 +256,17 @@ def _rdata(buf: bytes, rtype: int, off: int, rdlen: int) -> tuple[str | None, st
     if rtype == T_CNAME or rtype == T_PTR or rtype == T_NS or rtype == T_DNAME \
             or rtype == T_SOA:
         # compression may point anywhere in the message, so bound by the message, not rdata
-        text, _, problem = _name(buf, off, len(buf))
+        text, _, problem, _ = _name(buf, off, len(buf), cache)
         return text, problem
     if rtype == T_MX:
         if rdlen < 3:
             return None, "MX rdata too short"
-        text, _, problem = _name(buf, off + 2, len(buf))
+        text, _, problem, _ = _name(buf, off + 2, len(buf), cache)
         return text, problem
     if rtype == T_SRV:
         if rdlen < 7:
             return None, "SRV rdata too short"
-        text, _, problem = _name(buf, off + 6, len(buf))
+        text, _, problem, _ = _name(buf, off + 6, len(buf), cache)
         return text, problem
     if rtype == T_TXT:
         if rdlen == 0:
@@ -261,10 +289,10 @@ def _rdata(buf: bytes, rtype: int, off: int, rdlen: int) -> tuple[str | None, st
 
 
 def _records(buf: bytes, off: int, end: int, count: int, out: list[DnsRR],
-             msg: DnsMessage) -> int:
+             msg: DnsMessage, cache: dict[int, tuple[str, int, str]]) -> int:
     unpack = _RRFIX.unpack_from
     for _ in range(count):
-        name, off, problem = _name(buf, off, end)
+        name, off, problem, _ = _name(buf, off, end, cache)
         if problem and not msg.malformed:
             msg.malformed = problem
         if off + 10 > end:
@@ -273,7 +301,7 @@ def _records(buf: bytes, off: int, end: int, count: int, out: list[DnsRR],
         off += 10
         if off + rdlen > end:
             raise _Malformed("rdata runs past the end of the message")
-        data, problem = _rdata(buf, rtype, off, rdlen)
+        data, problem = _rdata(buf, rtype, off, rdlen, cache)
         if problem and not msg.malformed:
             msg.malformed = problem
         out.append(DnsRR(name, rtype, rclass, ttl, data,
@@ -301,10 +329,11 @@ def decode(data: bytes | bytearray | memoryview, sections: int = 3) -> DnsMessag
     (msg.id, msg.flags, msg.qdcount, msg.ancount, msg.nscount,
      msg.arcount) = _HDR.unpack_from(buf, 0)
     off = 12
+    cache: dict[int, tuple[str, int, str]] = {}
     try:
         questions = msg.questions
         for _ in range(msg.qdcount):
-            name, off, problem = _name(buf, off, end)
+            name, off, problem, _ = _name(buf, off, end, cache)
             if problem and not msg.malformed:
                 msg.malformed = problem
             if off + 4 > end:
@@ -313,11 +342,11 @@ def decode(data: bytes | bytearray | memoryview, sections: int = 3) -> DnsMessag
             off += 4
             questions.append(DnsQuestion(name, qtype, qclass))
         if sections >= 1:
-            off = _records(buf, off, end, msg.ancount, msg.answers, msg)
+            off = _records(buf, off, end, msg.ancount, msg.answers, msg, cache)
         if sections >= 2:
-            off = _records(buf, off, end, msg.nscount, msg.authority, msg)
+            off = _records(buf, off, end, msg.nscount, msg.authority, msg, cache)
         if sections >= 3:
-            _records(buf, off, end, msg.arcount, msg.additional, msg)
+            _records(buf, off, end, msg.arcount, msg.additional, msg, cache)
     except _Malformed as exc:
         msg.malformed = str(exc)
     return msg
