@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
 
 from capture.packet import ACK, FIN, PSH, RST, SYN, URG
 
@@ -31,7 +33,7 @@ RULES: dict[str, tuple[int, str]] = {
 }
 
 #: flags byte -> rule id of the impossible/suspicious combination it forms, or None
-_FLAG_RULES: tuple[str | None, ...] = tuple(
+FLAG_RULES: tuple[str | None, ...] = tuple(
     "syn_fin" if f & SYN and f & FIN else
     "syn_rst" if f & SYN and f & RST else
     "xmas" if f & (FIN | PSH | URG) == FIN | PSH | URG and not f & ACK else
@@ -46,9 +48,19 @@ TTL_TOLERANCE = 2
 TINY_FRAGMENT = 256
 
 
+def evict_oldest(table: dict[Any, Any], fraction: int = 8) -> None:
+    """Drop the oldest 1/fraction of an insertion-ordered dict in one go.
+
+    Popping one key at a time from the front of a dict re-scans the deleted slots each time
+    (quadratic under churn); removing a batch keeps eviction amortised O(1).
+    """
+    for key in list(islice(table, max(1, len(table) // fraction))):
+        del table[key]
+
+
 def flag_rule(flags: int) -> str | None:
     """The rule a TCP flags byte breaks, if any."""
-    return _FLAG_RULES[flags & 0xFF]
+    return FLAG_RULES[flags & 0xFF]
 
 
 @dataclass(slots=True)
@@ -92,7 +104,7 @@ class HostAnomalies:
         entry = self._hosts.get(host)
         if entry is None:
             if len(self._hosts) >= self.max_hosts:
-                self._hosts.pop(next(iter(self._hosts)))
+                evict_oldest(self._hosts)
             entry = self._hosts[host] = HostAnomaly()
         n = entry.counts.get(rule, 0)
         entry.counts[rule] = n + 1
@@ -131,10 +143,15 @@ class BeaconDetector:
         times = self._starts.get(key)
         if times is None:
             if len(self._starts) >= self.max_keys:
-                self._starts.pop(next(iter(self._starts)))
+                evict_oldest(self._starts)
             times = self._starts[key] = deque(maxlen=self.window + 1)
         times.append(ts)
-        if len(times) <= self.min_events:
+        n = len(times)
+        if n <= self.min_events:
+            return None
+        # Cheap pre-check: a steady series has its last two gaps nearly equal.
+        last, prev = ts - times[n - 2], times[n - 2] - times[n - 3]
+        if abs(last - prev) > 2 * self.max_jitter * max(prev, 1e-9):
             return None
         gaps = [b - a for a, b in zip(times, list(times)[1:])]
         mean = sum(gaps) / len(gaps)

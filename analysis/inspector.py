@@ -19,11 +19,12 @@ building a snapshot or export; call ``forget(flow_key)`` after the flow is retir
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from analysis import apps
 from analysis.anomaly import (
-    TINY_FRAGMENT, TTL_TOLERANCE, BeaconDetector, HostAnomalies, AnomalyScore, flag_rule,
+    FLAG_RULES, TINY_FRAGMENT, TTL_TOLERANCE, AnomalyScore, BeaconDetector, HostAnomalies,
+    evict_oldest,
 )
 from analysis.http import (
     MAX_HEAD, HttpRequest, head_end, parse_request, parse_response, starts_request,
@@ -80,9 +81,10 @@ class DpiFacts:
     client_os: str | None = None
     server_os: str | None = None
     anomaly_score: int = 0
-    anomaly_reasons: list[str] = field(default_factory=list)
+    #: (an empty tuple until the first rule trips: no allocation for clean flows)
+    anomaly_reasons: Sequence[str] = ()
     #: every request head seen on the flow (bounded by ``http_requests``)
-    http_requests: list[HttpRequest] = field(default_factory=list)
+    http_requests: Sequence[HttpRequest] = ()
     client_hello: ClientHello | None = None
     server_hello: ServerHello | None = None
 
@@ -101,7 +103,6 @@ class _Dir:
     resync: bool = False
     datagrams: int = 0
     quic: CryptoAssembler | None = None
-    first_ttl: int = -1
 
 
 @dataclass(slots=True)
@@ -111,9 +112,17 @@ class _FlowState:
     server_port: int
     client_port: int
     client_ip: str
-    c: _Dir
-    s: _Dir
-    score: AnomalyScore
+    #: per-direction detector state, made when that direction first carries payload (most
+    #: flows of a scan never do, so they never pay for it)
+    c: _Dir | None = None
+    s: _Dir | None = None
+    score: AnomalyScore | None = None
+    #: first TTL seen in each direction (-1 = none yet)
+    ttl_c: int = -1
+    ttl_s: int = -1
+    #: sequence number after a SYN, kept until the direction's state exists
+    isn_c: int = -1
+    isn_s: int = -1
     #: both directions are done: only the anomaly checks remain per packet
     quiet: bool = False
     #: whether a TTL change means anything here (not for ICMP, where traceroute raises it on
@@ -125,8 +134,8 @@ class FlowInspector:
     """Deep inspection of flows, fed one packet at a time.
 
     Args:
-        max_flows: flows tracked at once; the oldest is dropped beyond this (the tracker
-            normally calls :meth:`forget` first).
+        max_flows: flows tracked at once; the oldest eighth is dropped when it is reached (the
+            tracker normally calls :meth:`forget` first).
         stream_bytes: bytes of each direction buffered while classifying it.
         http_requests: request heads recorded per flow.
         beacons: the detector for regular connection timing (pass one to share it).
@@ -149,23 +158,35 @@ class FlowInspector:
         if st is None:
             st = self._new(pkt, flow_key, forward)
         proto = pkt.proto
-        d = st.c if forward else st.s
         # --- anomaly rules: integer checks only
         ttl = pkt.ttl
-        if d.first_ttl < 0:
-            d.first_ttl = ttl
-        elif ttl != d.first_ttl and abs(ttl - d.first_ttl) > TTL_TOLERANCE and st.ttl_rule:
-            self._flag(st, "ttl_change", f"{d.first_ttl} -> {ttl}")
+        first = st.ttl_c if forward else st.ttl_s
+        if first < 0:
+            if forward:
+                st.ttl_c = ttl
+            else:
+                st.ttl_s = ttl
+        elif ttl != first and st.ttl_rule and abs(ttl - first) > TTL_TOLERANCE:
+            self._flag(st, "ttl_change", f"{first} -> {ttl}")
         if proto == PROTO_TCP:
             flags = pkt.tcp_flags
-            rule = flag_rule(flags)
+            rule = FLAG_RULES[flags & 0xFF]
             if rule is not None and not pkt.is_fragment:
                 self._flag(st, rule)
             if flags & SYN:
-                self._syn(st, d, pkt, forward, flags)
+                self._syn(st, pkt, forward, flags)
         if pkt.is_fragment and pkt.more_fragments and pkt.payload_len < TINY_FRAGMENT:
             self._flag(st, "tiny_fragment", f"{pkt.payload_len} bytes")
-        if st.quiet or d.mode == _DONE or not pkt.payload_len or pkt.is_fragment:
+        if st.quiet or not pkt.payload_len or pkt.is_fragment:
+            return
+        d = st.c if forward else st.s
+        if d is None:
+            d = _Dir(next_seq=st.isn_c if forward else st.isn_s)
+            if forward:
+                st.c = d
+            else:
+                st.s = d
+        elif d.mode == _DONE:
             return
         # --- payload detectors
         if proto == PROTO_TCP:
@@ -175,7 +196,8 @@ class FlowInspector:
             self._datagram(st, d, bytes(pkt.payload), forward)
         else:
             d.mode = _DONE
-        if st.c.mode == _DONE and st.s.mode == _DONE:
+        c, s = st.c, st.s
+        if c is not None and s is not None and c.mode == _DONE and s.mode == _DONE:
             st.quiet = True
 
     def facts(self, flow_key: str) -> DpiFacts | None:
@@ -208,13 +230,14 @@ class FlowInspector:
         total = 0
         for st in self._flows.values():
             for d in (st.c, st.s):
-                total += len(d.buf) + sum(len(b) for b in (d.pending or {}).values())
+                if d is not None:
+                    total += len(d.buf) + sum(len(b) for b in (d.pending or {}).values())
         return total
 
     # ---- flow set-up and anomaly bookkeeping -------------------------------------------------
     def _new(self, pkt: ParsedPacket, flow_key: str, forward: bool) -> _FlowState:
         if len(self._flows) >= self.max_flows:
-            self._flows.pop(next(iter(self._flows)))
+            evict_oldest(self._flows)
         if forward:
             client_ip, client_port, server_port = pkt.src_ip, pkt.sport, pkt.dport
             server_ip = pkt.dst_ip
@@ -223,10 +246,11 @@ class FlowInspector:
             server_ip = pkt.src_ip
         proto = pkt.proto
         facts = DpiFacts(port_guess=apps.port_guess(proto, server_port, client_port))
-        st = _FlowState(facts, proto, server_port, client_port, client_ip, _Dir(), _Dir(),
-                        AnomalyScore())
+        st = _FlowState(facts, proto, server_port, client_port, client_ip)
         self._flows[flow_key] = st
-        st.ttl_rule = proto in (PROTO_TCP, PROTO_UDP) and not _multi_party(client_ip, server_ip)
+        # TCP never runs to broadcast/multicast, so only UDP needs the address check
+        st.ttl_rule = proto == PROTO_TCP or (
+            proto == PROTO_UDP and not _multi_party(client_ip, server_ip))
         if proto in (PROTO_TCP, PROTO_UDP) and not (pkt.is_fragment and pkt.frag_offset):
             if (client_port == 0 or server_port == 0):
                 self._flag(st, "port_zero")
@@ -237,28 +261,40 @@ class FlowInspector:
                 if period is not None:
                     self._flag(st, "beacon", f"every {period:.1f} s")
         else:
-            st.c.mode = st.s.mode = _DONE
-            st.quiet = True
+            st.quiet = True                     # no transport payload to look at
         return st
 
     def _flag(self, st: _FlowState, rule: str, detail: str = "") -> None:
-        if st.score.add(rule, detail):
-            st.facts.anomaly_score = st.score.score
-            st.facts.anomaly_reasons = st.score.reasons
+        score = st.score
+        if score is None:
+            score = st.score = AnomalyScore()
+        if score.add(rule, detail):
+            st.facts.anomaly_score = score.score
+            st.facts.anomaly_reasons = score.reasons
             self.hosts.add(st.client_ip, rule)
 
-    def _syn(self, st: _FlowState, d: _Dir, pkt: ParsedPacket, forward: bool,
-             flags: int) -> None:
-        d.next_seq = (pkt.seq + 1) & _MASK
-        d.buf.clear()
-        guess = fingerprint(pkt)
-        if guess is None:
-            return
-        if flags & ACK:
-            if not forward:
-                st.facts.server_os = guess.label
+    def _syn(self, st: _FlowState, pkt: ParsedPacket, forward: bool, flags: int) -> None:
+        isn = (pkt.seq + 1) & _MASK
+        d = st.c if forward else st.s
+        if d is not None:
+            d.next_seq = isn
+            if d.buf:
+                d.buf.clear()
         elif forward:
-            st.facts.client_os = guess.label
+            st.isn_c = isn
+        else:
+            st.isn_s = isn
+        f = st.facts
+        # One guess per end: retransmitted SYNs (and scans' repeats) cost nothing more.
+        if flags & ACK:
+            if not forward and f.server_os is None:
+                guess = fingerprint(pkt)
+                if guess is not None:
+                    f.server_os = guess.label
+        elif forward and f.client_os is None:
+            guess = fingerprint(pkt)
+            if guess is not None:
+                f.client_os = guess.label
 
     # ---- TCP reassembly ----------------------------------------------------------------------
     def _feed_tcp(self, d: _Dir, seq: int, data: memoryview) -> bool:
@@ -416,7 +452,9 @@ class FlowInspector:
             if not f.http_requests:
                 f.http_method, f.http_path = req.method, req.path
                 f.http_host, f.http_user_agent = req.host, req.user_agent
-            f.http_requests.append(req)
+                f.http_requests = [req]
+            else:
+                f.http_requests.append(req)  # type: ignore[attr-defined]
             if len(f.http_requests) >= self.http_requests:
                 self._give_up(d)
                 return
@@ -452,7 +490,7 @@ class FlowInspector:
                 if forward:
                     d.quic = CryptoAssembler()
                 else:
-                    client = st.c.quic
+                    client = st.c.quic if st.c is not None else None
                     if client is None or client.dcid is None:
                         self._give_up(d)
                         return

@@ -106,8 +106,16 @@ class OsGuess:
     signature: str
 
 
+_CACHE: dict[tuple[int, str, int, int, int | None, str], OsGuess] = {}
+_CACHE_MAX = 4096
+
+
 def fingerprint(pkt: ParsedPacket) -> OsGuess | None:
-    """Guess the OS of the sender of a SYN or SYN/ACK; None for any other segment."""
+    """Guess the OS of the sender of a SYN or SYN/ACK; None for any other segment.
+
+    Results are memoised by signature: a network shows few distinct stacks, so after the
+    first SYN of each kind a guess costs one dict lookup.
+    """
     flags = pkt.tcp_flags
     if not flags & SYN or pkt.proto != 6:
         return None
@@ -116,8 +124,19 @@ def fingerprint(pkt: ParsedPacket) -> OsGuess | None:
     mss = opts.mss if opts is not None and opts.mss else 0
     wscale = opts.wscale if opts is not None else None
     kind = "A" if flags & ACK else "S"
-    ittl = initial_ttl(pkt.ttl)
-    win = pkt.window
+    ttl = pkt.ttl
+    ittl = 32 if ttl <= 32 else 64 if ttl <= 64 else 128 if ttl <= 128 else 255
+    key = (ittl, layout, pkt.window, mss, wscale, kind)
+    hit = _CACHE.get(key)
+    if hit is None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        hit = _CACHE[key] = _match(ittl, layout, pkt.window, mss, wscale, kind)
+    return hit
+
+
+def _match(ittl: int, layout: str, win: int, mss: int, wscale: int | None,
+           kind: str) -> OsGuess:
     sig_text = f"{ittl}:{mss or '*'}:{win},{'' if wscale is None else wscale}:{layout}"
     for sig in SIGNATURES:
         if sig.ittl != ittl or layout not in sig.layouts or (sig.kind and sig.kind != kind):

@@ -278,9 +278,10 @@ def test_max_flows_bounds_memory_and_forget_drops_state() -> None:
     ins = FlowInspector(max_flows=10)
     for i in range(25):
         ins.inspect(tcp(b"GET /", seq=1, sport=1000 + i, dport=80), f"k{i}", True)
-    assert len(ins) == 10 and ins.facts("k0") is None and ins.facts("k24") is not None
+    assert len(ins) <= 10 and ins.facts("k0") is None and ins.facts("k24") is not None
+    n = len(ins)
     ins.forget("k24")
-    assert ins.facts("k24") is None and len(ins) == 9
+    assert ins.facts("k24") is None and len(ins) == n - 1
 
 
 def test_quic_initial_keys_match_rfc9001_appendix_a() -> None:
