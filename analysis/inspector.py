@@ -31,7 +31,7 @@ from analysis.http import (
 )
 from analysis.osfp import fingerprint
 from analysis.quic import CryptoAssembler, is_long_header
-from analysis.tls import NEED_MORE, NOT_HELLO, ClientHello, ServerHello, parse_tls_stream, \
+from analysis.tls import NEED_MORE, ClientHello, ServerHello, parse_tls_stream, \
     version_name
 from capture.packet import ACK, PROTO_TCP, PROTO_UDP, SYN, ParsedPacket
 from config import MAX_FLOWS

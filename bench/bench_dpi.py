@@ -49,19 +49,24 @@ def main() -> None:
     rounds = max(1, -(-args.min_packets // len(items)))
     keyed = [[(p, f"{r}|{k}", fw) for p, k, fw in items] for r in range(rounds)]
 
-    ins = FlowInspector()
-    start = time.perf_counter()
-    for batch in keyed:
-        for pkt, key, fwd in batch:
-            ins.inspect(pkt, key, fwd)
-    elapsed = time.perf_counter() - start
+    # Best of three: other processes on the machine only ever make a pass slower.
+    elapsed = float("inf")
+    for _ in range(3):
+        ins = FlowInspector()
+        start = time.perf_counter()
+        for batch in keyed:
+            for pkt, key, fwd in batch:
+                ins.inspect(pkt, key, fwd)
+        elapsed = min(elapsed, time.perf_counter() - start)
     total = rounds * len(items)
 
     # Steady state: the same flows again, all already classified.
-    start = time.perf_counter()
-    for pkt, key, fwd in keyed[-1]:
-        ins.inspect(pkt, key, fwd)
-    steady = time.perf_counter() - start
+    steady = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for pkt, key, fwd in keyed[-1]:
+            ins.inspect(pkt, key, fwd)
+        steady = min(steady, time.perf_counter() - start)
 
     inv = DeviceInventory()
     inv.oui.vendor(b"\x00\x0c\x29\x00\x00\x01")          # load the registry outside the timing
