@@ -325,7 +325,7 @@ class DatabaseWriter:
     def _apply_grouped(conn: sqlite3.Connection,
                        batch: list[tuple[FlowKey, dict[str, Any]] | WriteOp]) -> None:
         # consecutive flow rows go to the database in one executemany
-        params: list[tuple[Any, ...]] = []
+        params: list[list[Any]] = []
         for item in batch:
             if isinstance(item, tuple):
                 (session_id, _), row = item

@@ -31,6 +31,9 @@ _KNOWN = frozenset(FLOW_COLUMNS)
 #: keys computed from other columns: not stored, rebuilt on read
 _DERIVED = frozenset({"duration", "packets", "bytes"})
 _JSON_COLUMNS = frozenset({"anomaly_reasons", "alpn"})
+#: their positions in the parameter list (after session_id)
+_JSON_IDX = tuple(i + 1 for i, c in enumerate(FLOW_COLUMNS) if c in _JSON_COLUMNS)
+_SKIP = _KNOWN | _DERIVED
 #: NOT NULL counters: a new row without them stores 0 (an explicit NULL bypasses the default)
 _COUNTERS = frozenset({"packets_sent", "packets_recv", "bytes_sent", "bytes_recv"})
 
@@ -64,18 +67,16 @@ _FILTER_COLUMNS = ("src_ip", "dst_ip", "protocol", "src_fqdn", "dst_fqdn", "dst_
                    "app_protocol")
 
 
-def flow_params(session_id: int, row: dict[str, Any]) -> tuple[Any, ...]:
-    """The statement parameters for one row dict."""
-    values: list[Any] = [session_id]
-    get = row.get
-    for name in FLOW_COLUMNS:
-        value = get(name)
-        if value is not None and name in _JSON_COLUMNS and not isinstance(value, str):
-            value = to_json(value)
-        values.append(value)
-    extra = {k: v for k, v in row.items() if k not in _KNOWN and k not in _DERIVED}
-    values.append(to_json(extra) if extra else None)
-    return tuple(values)
+def flow_params(session_id: int, row: dict[str, Any]) -> list[Any]:
+    """The statement parameters for one row dict (runs on the writer thread for every row)."""
+    values: list[Any] = [session_id, *map(row.get, FLOW_COLUMNS)]
+    for idx in _JSON_IDX:
+        value = values[idx]
+        if value is not None and not isinstance(value, str):
+            values[idx] = to_json(value) if value else "[]"
+    unknown = row.keys() - _SKIP
+    values.append(to_json({k: row[k] for k in unknown}) if unknown else None)
+    return values
 
 
 def upsert_flows(conn: sqlite3.Connection, session_id: int, rows: Iterable[dict[str, Any]]) -> int:
@@ -85,7 +86,7 @@ def upsert_flows(conn: sqlite3.Connection, session_id: int, rows: Iterable[dict[
     return len(params)
 
 
-def upsert_flow_params(conn: sqlite3.Connection, params: list[tuple[Any, ...]]) -> None:
+def upsert_flow_params(conn: sqlite3.Connection, params: list[list[Any]]) -> None:
     """Upsert rows already turned into parameters by :func:`flow_params` (the writer's path)."""
     conn.executemany(UPSERT_SQL, params)
 
