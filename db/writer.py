@@ -263,8 +263,7 @@ class DatabaseWriter:
     def _stop_locked(self, reason: str, detail: str) -> None:
         self._stopped = reason
         self._detail = detail
-        if reason != "closed":
-            self.dropped += len(self._ops)
+        self.dropped += len(self._ops)   # empty after a normal close: the thread drained it
         self._finished += len(self._ops)
         self._ops.clear()
         self._pending.clear()
