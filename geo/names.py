@@ -40,7 +40,7 @@ def registered_domain(fqdn: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=32768)
 def host_from_name(fqdn: str, source: str, raw: bytes | None = None) -> HostInfo:
     """The :class:`HostInfo` for a name (cached: the same names come back all the time)."""
     name = fqdn[:-1] if fqdn.endswith(".") and len(fqdn) > 1 else fqdn

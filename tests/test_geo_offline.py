@@ -27,7 +27,9 @@ from geo.scopes import NetSet, scope_of
     ("255.255.255.255", "broadcast"), ("240.0.0.1", "reserved"),
     ("fd12:3456::1", "ula"), ("::ffff:10.0.0.1", "private"), ("::ffff:8.8.8.8", "public"),
     ("8.8.8.8", "public"), ("2a00:1450:4001:80b::200e", "public"), ("172.32.0.1", "public"),
-    ("100.128.0.1", "public"), ("not-an-ip", "invalid"), ("", "invalid"),
+    ("100.128.0.1", "public"), ("not-an-ip", "invalid"), ("", "invalid"), ("1.2.3", "invalid"),
+    ("2001:0:4136:e378::1", "public"), ("2001:10::1", "reserved"), ("4000::1", "reserved"),
+    ("2001:2::1", "benchmark"), ("::ffff:100.64.0.1", "cgnat"), ("3fff::1", "documentation"),
 ])
 def test_scope_labels(ip: str, scope: str) -> None:
     assert scope_of(ip) == scope
