@@ -15,7 +15,6 @@ import socket
 from typing import Callable, Sequence
 
 import dns.exception
-import dns.flags
 import dns.message
 import dns.name
 import dns.query

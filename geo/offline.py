@@ -14,7 +14,6 @@ layout) add region, city and coordinates and override the bundled answer field b
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any, Sequence
 
 import maxminddb
@@ -161,7 +160,3 @@ class OfflineGeo:
             r.close()
         self._readers = []
 
-
-def mmdb_files(paths: Sequence[str]) -> list[Path]:
-    """The configured .mmdb paths, ``~`` expanded (for messages and checks)."""
-    return [expand_user_path(str(p)) for p in paths]

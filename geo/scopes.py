@@ -105,7 +105,7 @@ def is_public(ip: str) -> bool:
 
 def lookup_address(ip: str) -> str:
     """The address to look up in geo data: the embedded IPv4 of ``::ffff:a.b.c.d``."""
-    if ip.startswith("::ffff:") and "." in ip:
+    if "." in ip and ip[:7].lower() == "::ffff:":
         return ip[7:]
     return ip
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
