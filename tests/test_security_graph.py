@@ -58,8 +58,10 @@ def test_bounded_edges_keep_degrees_consistent() -> None:
     g = ConnectionGraph(max_edges=10)
     for i in range(30):
         g.process(pkt("10.0.0.1", f"10.0.1.{i}", float(i)))
-    assert g.snapshot()["edges"] == 10 and g.fan_out("10.0.0.1") == 10
-    assert g.fan_in("10.0.1.0") == 0 and g.evicted == 20
+    kept = g.snapshot()["edges"]
+    assert 5 <= kept <= 10 and g.fan_out("10.0.0.1") == kept
+    assert g.fan_in("10.0.1.0") == 0 and g.fan_in("10.0.1.29") == 1
+    assert g.evicted == 30 - kept
 
 
 def test_graphml_and_dot_exports_parse() -> None:

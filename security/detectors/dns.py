@@ -1,9 +1,9 @@
 """DNS abuse: NXDOMAIN bursts per client (DGA malware, misconfigured scanners) and long,
 high-entropy query names (tunnels such as dnscat2/iodine carry data in the labels).
 
-Only the DNS header and the questions are decoded (analysis/dns_message.py, sections=0), and the
-entropy is computed only for names already longer than ``min_name_len``: ordinary lookups cost a
-header read and a short label walk.
+Responses cost a two-byte flags read; only queries big enough to hold a suspect name are decoded
+(analysis/dns_message.py, header and questions only), and the entropy is computed only for
+names already longer than ``min_name_len``.
 """
 from __future__ import annotations
 
@@ -17,17 +17,6 @@ from security.detectors._bounded import evict_oldest
 from utils.sanitize import clean_text
 
 DNS_PORT = 53
-
-
-def parse_question(msg: memoryview | bytes) -> tuple[int, int, str] | None:
-    """(flags, qdcount, first qname) of a DNS message, or None if it is not one.
-
-    Uses the project's DNS decoder limited to the header and questions (``sections=0``).
-    """
-    if len(msg) < 12:
-        return None
-    m = decode(msg, sections=0)
-    return m.flags, m.qdcount, m.qname or ""
 
 
 def shannon_entropy(text: str) -> float:
@@ -95,16 +84,18 @@ class DnsDetector:
         msg = pkt.payload
         if proto == PROTO_TCP:
             msg = msg[2:]  # two-byte length prefix; only the first message of a segment
-        parsed = parse_question(msg)
-        if parsed is None:
+        if len(msg) < 12:
             return
         self.messages += 1
-        flags, _, qname = parsed
+        flags = msg[2] << 8 | msg[3]
         if flags & 0x8000:
             if sport == DNS_PORT and flags & 0x000F == 3:
-                self._nxdomain(pkt.dst_ip, qname, pkt.ts)
-        elif dport == DNS_PORT and len(qname) >= self.min_name_len:
-            self._maybe_tunnel(pkt.src_ip, pkt.dst_ip, qname, pkt.ts)
+                self._nxdomain(pkt.dst_ip, pkt.ts)
+        elif dport == DNS_PORT and len(msg) >= 16 + self.min_name_len:
+            # Only a message big enough to hold a suspect name is decoded at all.
+            qname = decode(msg, sections=0).qname or ""
+            if len(qname) >= self.min_name_len:
+                self._maybe_tunnel(pkt.src_ip, pkt.dst_ip, qname, pkt.ts)
 
     def _window(self, table: dict[str, _Window], client: str, ts: float) -> _Window:
         w = table.get(client)
@@ -114,7 +105,7 @@ class DnsDetector:
                 evict_oldest(table, self.max_clients)
         return w
 
-    def _nxdomain(self, client: str, qname: str, ts: float) -> None:
+    def _nxdomain(self, client: str, ts: float) -> None:
         w = self._window(self._nx, client, ts)
         w.count += 1
         if w.count >= self.nxdomain_threshold and w.count % self.nxdomain_threshold == 0:

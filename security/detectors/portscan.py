@@ -40,13 +40,20 @@ class _Probes:
         self.first = ts
         self.last = ts
         self.probed: set[object] = set()
-        self.answered: set[object] = set()
+        #: created on the first answer: most entries (clients) never need one
+        self.answered: set[object] | None = None
         self.kinds = 0
         self.unreach = 0
         self.next_report = first_report
 
     def unanswered(self) -> int:
-        return len(self.probed) - len(self.answered)
+        return len(self.probed) - (len(self.answered) if self.answered else 0)
+
+    def answer(self, target: object) -> None:
+        if target in self.probed:
+            if self.answered is None:
+                self.answered = set()
+            self.answered.add(target)
 
 
 class PortScanDetector:
@@ -165,12 +172,10 @@ class PortScanDetector:
     def _answered(self, scanner: str, target: str, proto: int, port: int) -> None:
         entry = self._vertical.get((scanner, target))
         if entry is not None:
-            t = port if proto == PROTO_TCP else -port
-            if t in entry.probed:
-                entry.answered.add(t)
+            entry.answer(port if proto == PROTO_TCP else -port)
         hentry = self._horizontal.get((scanner, proto, port))
-        if hentry is not None and target in hentry.probed:
-            hentry.answered.add(target)
+        if hentry is not None:
+            hentry.answer(target)
 
     def _check(self, entry: _Probes, rule: str, src: str, dst: str, ts: float) -> None:
         n = entry.unanswered()
@@ -187,11 +192,11 @@ class PortScanDetector:
         if rule == "port_scan":
             message = (f"{src} scanned {n} ports on {dst} ({kinds} probes, "
                        f"{rate:.1f} ports/s)")
-            evidence = {"ports": n, "answered": len(entry.answered), "rate": round(rate, 2),
+            evidence = {"ports": n, "answered": len(entry.answered or ()), "rate": round(rate, 2),
                         "kinds": kinds, "icmp_unreachable": entry.unreach}
         else:
             message = f"{src} swept {n} hosts on {dst} ({kinds} probes, {rate:.1f} hosts/s)"
-            evidence = {"hosts": n, "answered": len(entry.answered), "rate": round(rate, 2),
+            evidence = {"hosts": n, "answered": len(entry.answered or ()), "rate": round(rate, 2),
                         "kinds": kinds}
         self.engine.raise_alert(rule, "high" if rule == "port_scan" else "medium", src, dst,
                                 message, evidence, ts=ts)

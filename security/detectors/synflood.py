@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from capture.packet import ACK, PROTO_TCP, RST, SYN, ParsedPacket
 from security.alerts import AlertEngine
+from security.detectors._bounded import evict_oldest
 
 
 class _Service:
@@ -100,14 +101,11 @@ class SynFloodDetector:
                     ts=ts)
 
     def _evict(self) -> None:
-        while len(self._services) > self.max_services:
-            key = next(iter(self._services))
-            del self._services[key]
-            n = self._hosts.get(key[0], 0) - 1
-            if n > 0:
-                self._hosts[key[0]] = n
-            else:
-                self._hosts.pop(key[0], None)
+        evict_oldest(self._services, self.max_services)
+        hosts: dict[str, int] = {}
+        for host, _ in self._services:
+            hosts[host] = hosts.get(host, 0) + 1
+        self._hosts = hosts
 
     def stats(self) -> dict[str, int]:
         return {"services": len(self._services)}
