@@ -5,15 +5,19 @@ socket, decoded by our parser and fed to the security monitor.
 * ARP spoofing: forged ARP replies sent with scapy.
 * nmap SYN, connect and UDP scans: one port-scan alert naming the scanner, within 5 seconds of
   the first probe, deduplicated.
+* The same through the product: ``main.py -i VETH --no-ui --duration N --export-json OUT``.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -164,3 +168,42 @@ def test_nmap_scan_is_reported_once_within_five_seconds(scan: str) -> None:
     assert alert.ts - probes[0].ts <= 5.0
     assert alert.count >= 2  # the scan went on and was folded into the same alert
     assert ("UDP" in alert.message) == (scan == "-sU")
+
+
+def test_cli_live_capture_reports_an_nmap_scan(tmp_path: Path) -> None:
+    """The whole product: main.py capturing live on the target's veth while nmap scans it."""
+    require_root()
+    require_tool("ip", "nmap")
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "export.json"
+    with namespaces("10.203.0") as n:
+        cli = subprocess.Popen(
+            ["ip", "netns", "exec", n["b"], sys.executable, str(root / "main.py"), "-i", n["vb"],
+             "--no-ui", "--no-db", "--offline", "--no-rdns", "--duration", "8",
+             "--export-json", str(out), "--log-file", str(tmp_path / "pt.log")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # Capture is running once a packet socket is open in B's namespace.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and cli.poll() is None:
+                sockets = subprocess.run(["ip", "netns", "exec", n["b"], "cat",
+                                          "/proc/net/packet"], capture_output=True, text=True)
+                if len(sockets.stdout.strip().splitlines()) > 1:
+                    break
+                time.sleep(0.05)
+            assert cli.poll() is None, cli.stderr.read() if cli.stderr else ""
+            started = time.time()
+            scan = subprocess.run(["ip", "netns", "exec", n["a"], "nmap", "-sS", "-Pn", "-n",
+                                   "-T4", "--max-retries", "0", "-p", "1-300", n["b4"]],
+                                  capture_output=True, text=True, timeout=60)
+            assert scan.returncode == 0, scan.stderr
+            _, err = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        assert cli.returncode == 0, err
+    alerts = json.loads(out.read_text()).get("alerts", [])
+    assert [(a["rule_id"], a["src"], a["dst"]) for a in alerts] == \
+        [("port_scan", n["a4"], n["b4"])]
+    assert alerts[0]["ts"] - started <= 5.0
