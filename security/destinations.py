@@ -455,14 +455,14 @@ def _syslog_from_url(url: str) -> SyslogDestination:
     return SyslogDestination(parts.hostname, parts.port or 514, parts.scheme, rfc=rfc)
 
 
-def _email_from_url(url: str, to: str, environ: Mapping[str, str],
-                    cafile: str | None = None) -> EmailDestination:
+def _email_from_url(url: str, to: str, environ: Mapping[str, str]) -> EmailDestination:
     parts = urlsplit(url)
     if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
         raise ValueError("ALERT_SMTP must look like smtp://user@host:587")
     query = parse_qs(parts.query)
     starttls = (query.get("starttls") or ["1"])[0].lower() not in ("0", "false", "no", "off")
     implicit = parts.scheme == "smtps"
+    cafile = (query.get("cafile") or [None])[0]
     recipients = [r.strip() for r in to.split(",") if r.strip()]
     user = unquote(parts.username or "")
     return EmailDestination(parts.hostname, parts.port or (465 if implicit else 587),
@@ -477,7 +477,8 @@ def build_destinations(settings: Mapping[str, Any] | Any,
 
     ALERT_SYSLOG ``udp://host:514`` / ``tcp://host:514`` (``?format=3164`` for BSD syslog),
     ALERT_WEBHOOK_URL (+ ALERT_WEBHOOK_SECRET for signatures), ALERT_SMTP
-    ``smtp://user@host:587`` (``smtps://`` for implicit TLS, ``?starttls=0`` for a local relay)
+    ``smtp://user@host:587`` (``smtps://`` for implicit TLS, ``?starttls=0`` for a local relay,
+    ``?cafile=/path/ca.pem`` to trust a private CA)
     with ALERT_EMAIL_TO and the password from the PACKETTRACER_SMTP_PASSWORD environment
     variable. A value that cannot be used raises ValueError naming the setting, never its
     secret.

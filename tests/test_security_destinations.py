@@ -302,10 +302,10 @@ def smtp_server(tmp_path: Path) -> Iterator[tuple[Mailbox, int, Path]]:
 def test_email_digest_over_starttls_with_auth(smtp_server: tuple[Mailbox, int, Path]) -> None:
     box, port, cert = smtp_server
     (dest,) = build_destinations(
-        {"ALERT_SMTP": f"smtp://alerts@127.0.0.1:{port}", "ALERT_EMAIL_TO": "soc@example.org"},
+        {"ALERT_SMTP": f"smtp://alerts@127.0.0.1:{port}?cafile={cert}",
+         "ALERT_EMAIL_TO": "soc@example.org"},
         environ={"PACKETTRACER_SMTP_PASSWORD": SMTP_PASSWORD})
     assert isinstance(dest, EmailDestination)
-    dest.cafile = str(cert)
     dest.batch_interval = 0.5
     try:
         for i in range(3):
