@@ -109,6 +109,52 @@ def list_interfaces_cmd() -> int:
     return EXIT_OK
 
 
+def history_cmd(args: argparse.Namespace, settings: config.Settings) -> int:
+    """--sessions and --session N: read the database, never capture."""
+    import time as _time
+
+    from db.errors import DatabaseError
+    from export.csv_exporter import write_flows_csv
+    from export.json_exporter import write_json
+    from persistence import open_pool, stored_document
+    from db.repositories.session_repo import SessionRepository
+    if not settings.DB_ENABLED:
+        print("packettracer: --sessions/--session need the database (drop --no-db)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        pool = open_pool(settings)
+    except DatabaseError as exc:
+        print(f"packettracer: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        if args.sessions:
+            rows = SessionRepository(pool).list()
+            print(f"{'id':>4}  {'start':<19}  {'end':<19}  {'source':<6} {'interface/file':<32} "
+                  f"{'filter':<12} {'packets':>9} {'bytes':>12} {'flows':>7}")
+            for r in rows:
+                def t(v: float | None) -> str:
+                    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(v)) if v else "-"
+                print(f"{r['id']:>4}  {t(r.get('started_at')):<19}  {t(r.get('ended_at')):<19}  "
+                      f"{r.get('source') or '':<6} {str(r.get('interface') or '')[-32:]:<32} "
+                      f"{(r.get('bpf_filter') or '-')[:12]:<12} {r.get('packets') or 0:>9} "
+                      f"{r.get('bytes') or 0:>12} {r.get('flows') or 0:>7}")
+            return EXIT_OK
+        doc = stored_document(pool, args.session)
+        if not (args.export_json or args.export_csv):
+            from dashboard.stored import show_stored_session
+            return show_stored_session(doc, settings)
+        if args.export_json:
+            write_json(doc, args.export_json)
+        if args.export_csv:
+            write_flows_csv(doc["flows"], args.export_csv)
+        return EXIT_OK
+    except (DatabaseError, CaptureError) as exc:
+        print(f"packettracer: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        pool.close()
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -120,6 +166,8 @@ def run(argv: list[str] | None = None) -> int:
     setup_logging(settings.LOG_FILE, args.verbose, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS)
     if args.list:
         return list_interfaces_cmd()
+    if args.sessions or args.session is not None:
+        return history_cmd(args, settings)
     if args.realtime and not args.read:
         print("packettracer: --realtime needs -r FILE", file=sys.stderr)
         return EXIT_USAGE

@@ -19,6 +19,8 @@ from capture.interfaces import default_interface
 from capture.sniffer import FileSource, LiveSource, PacketSource
 from capture.writer import PcapngWriter
 from config import Settings, VERSION
+from db.errors import DatabaseError
+from persistence import SessionRecorder, open_pool
 from export.document import build_document
 from export.json_exporter import write_json
 from export.csv_exporter import write_flows_csv
@@ -55,6 +57,40 @@ class Runtime:
         self._open_source()
         if args.write:
             self.pipeline.pcap_writer = PcapngWriter(args.write, settings.WRITE_MAX_MB)
+        self.pool: Any = None
+        self.recorder: SessionRecorder | None = None
+        if settings.DB_ENABLED:
+            self._open_database()
+
+    def _open_database(self) -> None:
+        """Open the database and start this run's session; failures are one-line errors."""
+        try:
+            self.pool = open_pool(self.settings)
+        except DatabaseError as exc:
+            raise RuntimeError_(str(exc)) from None
+        comp = self.components
+        try:
+            self.recorder = SessionRecorder(
+                self.pool, self.settings, self.source_kind, self.source.description,
+                self.settings.CAPTURE_FILTER, self.flows, row_for=self.export_row,
+                ports_rows=comp.port_rows if comp.ports is not None else None,
+                dns_records=comp.dns_records if comp.dns is not None else None)
+        except DatabaseError as exc:
+            self.pool.close()
+            raise RuntimeError_(str(exc)) from None
+        self.pipeline.periodic.append(self.recorder.on_tick)
+        if comp.security is not None:
+            comp.security.engine.add_listener(self.recorder.on_alert)
+
+    @property
+    def session_id(self) -> int | None:
+        return self.recorder.session_id if self.recorder is not None else None
+
+    @property
+    def persistence_state(self) -> str:
+        if self.recorder is None:
+            return "memory only"
+        return f"db {self.recorder.state}"
 
     # ---- set-up ------------------------------------------------------------------------------
     def _open_source(self) -> None:
@@ -140,6 +176,9 @@ class Runtime:
         self.pipeline.finish()
         for closer in self.components.on_finish:
             closer()
+        if self.recorder is not None:
+            m = self.meta()
+            self.recorder.close(m["packets"], m["bytes"], m["flows"], m["dropped"])
         if self.args.export_json:
             write_json(self.document(), self.args.export_json)
         if self.args.export_csv:
@@ -148,17 +187,19 @@ class Runtime:
     def close(self) -> None:
         for closer in self.components.on_close:
             closer()
+        if self.pool is not None:
+            self.pool.close()
 
     # ---- reading -----------------------------------------------------------------------------
+    def export_row(self, flow: Any) -> dict[str, Any]:
+        """One flow as exported and stored: counters plus DPI facts, names and places."""
+        row = flow.as_dict()
+        for enrich in self.components.flow_enrichers:
+            row.update(enrich(flow))
+        return row
+
     def export_flows(self) -> list[dict[str, Any]]:
-        flows = self.flows.all_flows()
-        rows = []
-        for f in flows:
-            row = f.as_dict()
-            for enrich in self.components.flow_enrichers:
-                row.update(enrich(f))
-            rows.append(row)
-        return rows
+        return [self.export_row(f) for f in self.flows.all_flows()]
 
     def meta(self) -> dict[str, Any]:
         c = self.pipeline.counters
@@ -179,6 +220,8 @@ class Runtime:
             "kernel_dropped": st.kernel_dropped if st else 0,
             "queue_dropped": st.queue_dropped if st else 0,
             "file_damage": (st.file_damage or None) if st else None,
+            "session": self.session_id,
+            "persistence": self.persistence_state,
         }
 
     def document(self) -> dict[str, Any]:

@@ -178,12 +178,8 @@ class StateBuilder:
             except OSError as exc:  # pcap stats can fail on a vanished interface
                 errors.append(f"capture stats: {exc}")
         s = rt.settings
-        if not getattr(s, "DB_ENABLED", False):
-            persistence = "memory only"
-        elif getattr(rt, "db", None) is not None:
-            persistence = f"db {getattr(s, 'DB_PATH', '')}"
-        else:
-            persistence = "db not connected"
+        persistence = getattr(rt, "persistence_state", None) or (
+            "db" if getattr(s, "DB_ENABLED", False) else "memory only")
         session = getattr(rt, "session_id", None)
         unack = None
         sec = rt.components.security

@@ -1,0 +1,147 @@
+"""Keeping a run in the database: the session row, flows, ports, DNS and alerts.
+
+This is wiring above the trackers (like pipeline.py): it reads tracker state on the pipeline's
+periodic tick and hands rows to the background :class:`~db.writer.DatabaseWriter`, whose bounded,
+coalescing queue keeps the capture path from ever waiting on SQLite.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from db.connection import ConnectionPool
+from db.errors import DatabaseError
+from db.repositories.alert_repo import AlertRepository
+from db.repositories.dns_query_repo import DnsQueryRepository
+from db.repositories.flow_repo import FlowRepository
+from db.repositories.port_repo import PortRepository
+from db.repositories.session_repo import SessionRepository
+from db.writer import DatabaseWriter
+from tracking.flow import Flow, FlowTracker
+from utils.logger import chown_to_invoking_user, expand_user_path, get_logger
+
+log = get_logger(__name__)
+
+
+# Export field names -> database column names (the db layer follows Zeek's naming).
+DNS_TO_DB = {"time": "ts", "client": "src_ip", "client_port": "src_port", "server": "dst_ip",
+             "server_port": "dst_port", "id": "trans_id", "qname": "query", "latency_ms": "rtt_ms"}
+PORT_TO_DB = {"proto": "protocol", "connections": "flows"}
+
+
+def _rename(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    return {names.get(k, k): v for k, v in row.items()}
+
+
+def _unrename(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    back = {v: k for k, v in names.items()}
+    return {back.get(k, k): v for k, v in row.items()}
+
+
+def open_pool(settings: Any) -> ConnectionPool:
+    """The run's database; raises a DatabaseError with a one-line message."""
+    path = expand_user_path(settings.DB_PATH)
+    pool = ConnectionPool(path, settings.DB_READ_POOL_SIZE, settings.DB_WAL_MODE,
+                          settings.DB_BUSY_TIMEOUT_MS)
+    chown_to_invoking_user(path)
+    return pool
+
+
+class SessionRecorder:
+    """Persists one capture session while it runs, and closes it with its totals."""
+
+    def __init__(self, pool: ConnectionPool, settings: Any, source_kind: str, source: str,
+                 bpf: str, flows: FlowTracker,
+                 row_for: Callable[[Flow], dict[str, Any]],
+                 ports_rows: Callable[[], list[dict[str, Any]]] | None = None,
+                 dns_records: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+        self.pool = pool
+        self.sessions = SessionRepository(pool)
+        purged = self.sessions.purge_older_than(settings.DB_SESSION_RETENTION_DAYS)
+        if purged:
+            log.info("retention: removed %d sessions older than %s days", purged,
+                     settings.DB_SESSION_RETENTION_DAYS)
+        self.session_id = self.sessions.start(source_kind, source, bpf)
+        self.writer = DatabaseWriter(pool, settings.DB_WRITE_BATCH_SIZE, settings.DB_WRITE_FLUSH_MS,
+                                     settings.DB_WRITE_QUEUE_SIZE).start()
+        self.flows = flows
+        self.row_for = row_for
+        self.ports_rows = ports_rows
+        self.dns_records = dns_records
+        self._dns_sent = 0
+        self._last_flush = 0.0
+        self._last_ports = 0.0
+        self._closed = False
+        flows.listeners.append(self.on_retire)
+
+    # ---- called on the pipeline thread -------------------------------------------------------
+    def on_retire(self, flow: Flow) -> None:
+        self.writer.upsert_flow(self.session_id, self.row_for(flow))
+
+    def on_tick(self, now: float) -> None:
+        """Once a second of packet time: flows that changed since the last tick."""
+        since = self._last_flush
+        self._last_flush = now
+        sid = self.session_id
+        up = self.writer.upsert_flow
+        for f in self.flows._active.values():
+            if f.last_seen >= since:
+                up(sid, f.as_dict())
+        if self.dns_records is not None:
+            recs = self.dns_records()
+            if len(recs) > self._dns_sent:
+                self.writer.add_dns(sid, [_rename(r, DNS_TO_DB) for r in recs[self._dns_sent:]])
+                self._dns_sent = len(recs)
+        if self.ports_rows is not None and time.monotonic() - self._last_ports > 5.0:
+            self._last_ports = time.monotonic()
+            self.writer.upsert_ports(sid, [_rename(r, PORT_TO_DB) for r in self.ports_rows()])
+
+    def on_alert(self, alert: Any) -> None:
+        self.writer.add_alert(self.session_id, alert.to_dict())
+
+    # ---- end of run --------------------------------------------------------------------------
+    def close(self, packets: int, bytes_: int, flows: int, dropped: int) -> None:
+        """Flush everything and close the session with its end time and totals."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.ports_rows is not None:
+            self.writer.upsert_ports(self.session_id,
+                                     [_rename(r, PORT_TO_DB) for r in self.ports_rows()])
+        if self.dns_records is not None:
+            recs = self.dns_records()
+            if len(recs) > self._dns_sent:
+                self.writer.add_dns(self.session_id,
+                                    [_rename(r, DNS_TO_DB) for r in recs[self._dns_sent:]])
+                self._dns_sent = len(recs)
+        self.writer.close(timeout=30)
+        try:
+            self.sessions.close(self.session_id, time.time(), packets, bytes_, flows, dropped)
+        except DatabaseError as exc:
+            log.error("could not close session %s: %s", self.session_id, exc)
+
+    @property
+    def state(self) -> str:
+        return self.writer.state
+
+    def stats(self) -> dict[str, Any]:
+        return self.writer.stats()
+
+
+def stored_document(pool: ConnectionPool, session_id: int) -> dict[str, Any]:
+    """The export document of a stored session (same layout as a live run's)."""
+    from export.document import build_document
+    sessions = SessionRepository(pool)
+    s = sessions.get(session_id)
+    if s is None:
+        raise DatabaseError(f"no session {session_id} in {pool.path} (see --sessions)")
+    flows = list(FlowRepository(pool).iter_all(session_id))
+    dns = [_unrename(r, DNS_TO_DB) for r in DnsQueryRepository(pool).iter_all(session_id)]
+    for r in dns:
+        if isinstance(r.get("rcode"), str) and r["rcode"].isdigit():
+            r["rcode"] = int(r["rcode"])
+    ports = [_unrename(r, PORT_TO_DB) for r in PortRepository(pool).list(session_id, limit=1_000_000)]
+    alerts = AlertRepository(pool).list(session_id)
+    meta = {k: s.get(k) for k in s}
+    meta["session"] = session_id
+    return build_document(meta, flows, dns=dns, ports=ports, extra={"alerts": alerts})
