@@ -40,6 +40,9 @@ class ConnectionGraph:
     """
 
     def __init__(self, max_edges: int = 100000, rate_window: int = 60) -> None:
+        # One writer (the pipeline thread). Structural changes (new edges, eviction) take the
+        # lock; counter updates on an existing edge do not. Readers hold the lock while they
+        # copy, so they never iterate a dict that is being resized.
         self.max_edges = max_edges
         self._edges: dict[tuple[str, str], Edge] = {}
         self._fan_out: dict[str, int] = {}
@@ -54,14 +57,14 @@ class ConnectionGraph:
         if not pkt.ip_version:
             return
         key = (pkt.src_ip, pkt.dst_ip)
-        with self._lock:
-            e = self._edges.get(key)
-            if e is None:
+        e = self._edges.get(key)
+        if e is None:
+            with self._lock:
                 e = self._add(key, pkt.ts)
-            e.bytes += pkt.wire_len
-            e.packets += 1
-            if pkt.ts > e.last:
-                e.last = pkt.ts
+        e.bytes += pkt.wire_len
+        e.packets += 1
+        if pkt.ts > e.last:
+            e.last = pkt.ts
 
     def _add(self, key: tuple[str, str], ts: float) -> Edge:
         src, dst = key
@@ -116,8 +119,10 @@ class ConnectionGraph:
             return heapq.nlargest(n, self._fan_in.items(), key=lambda kv: kv[1])
 
     def snapshot(self, n: int = 10) -> dict[str, Any]:
-        last = self._new[-1][0] if self._new else 0
-        return {"nodes": len(set(self._fan_out) | set(self._fan_in)), "edges": len(self._edges),
+        with self._lock:
+            last = self._new[-1][0] if self._new else 0
+            nodes = len(self._fan_out.keys() | self._fan_in.keys())
+        return {"nodes": nodes, "edges": len(self._edges),
                 "top_edges": self.top_edges(n), "top_fan_out": self.top_fan_out(n),
                 "top_fan_in": self.top_fan_in(n), "new_edges_per_s": self.new_edge_rate(last)}
 

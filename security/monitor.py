@@ -29,7 +29,8 @@ class SecurityMonitor:
 
     Args:
         engine: the alert engine every detector reports to.
-        detectors: objects with ``process(pkt)``; an ArpSpoofDetector among them gets only ARP.
+        detectors: objects with ``process(pkt)``; an ArpSpoofDetector among them gets only ARP;
+            a detector with a ``protocols`` set gets only IP packets of those protocols.
         graph: a ConnectionGraph fed with every IP packet, or None.
         closables: things with ``close()`` to stop at the end (destinations, services).
     """
@@ -41,11 +42,24 @@ class SecurityMonitor:
         self.graph = graph
         self._closables = list(closables)
         self._arp: list[Callable[[ParsedPacket], None]] = []
-        self._ip: list[Callable[[ParsedPacket], None]] = []
+        #: IP protocol -> the detectors that want it; _ip_other for protocols none names
+        self._by_proto: dict[int, list[Callable[[ParsedPacket], None]]] = {}
+        self._ip_other: list[Callable[[ParsedPacket], None]] = []
+        wanted: set[int] = set()
         for d in self.detectors:
-            (self._arp if isinstance(d, ArpSpoofDetector) else self._ip).append(d.process)
+            wanted.update(getattr(d, "protocols", None) or ())
+        for proto in wanted:
+            self._by_proto[proto] = [
+                d.process for d in self.detectors if not isinstance(d, ArpSpoofDetector)
+                and (getattr(d, "protocols", None) is None or proto in d.protocols)]
+        self._ip_other = [d.process for d in self.detectors
+                          if not isinstance(d, ArpSpoofDetector)
+                          and getattr(d, "protocols", None) is None]
+        self._arp = [d.process for d in self.detectors if isinstance(d, ArpSpoofDetector)]
         if graph is not None:
-            self._ip.append(graph.process)
+            for fns in self._by_proto.values():
+                fns.append(graph.process)
+            self._ip_other.append(graph.process)
         self.packets = 0
 
     @classmethod
@@ -99,7 +113,7 @@ class SecurityMonitor:
                 for fn in self._arp:
                     fn(pkt)
             elif pkt.ip_version:
-                for fn in self._ip:
+                for fn in self._by_proto.get(pkt.proto, self._ip_other):
                     fn(pkt)
             pkt = pkt.inner
 

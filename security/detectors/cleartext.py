@@ -21,6 +21,9 @@ _HTTP_SCAN = 4096
 class CleartextCredentialDetector:
     """Raises ``cleartext_credentials`` once per (client, server, protocol) login seen."""
 
+    #: IP protocols this detector looks at (the monitor routes only these to it)
+    protocols = frozenset({PROTO_TCP})
+
     def __init__(self, engine: AlertEngine, max_sessions: int = 10000) -> None:
         self.engine = engine
         self.max_sessions = max_sessions

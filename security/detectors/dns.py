@@ -59,6 +59,9 @@ class DnsDetector:
         tunnel_queries: suspect names from one client within ``window`` seconds.
     """
 
+    #: IP protocols this detector looks at (the monitor routes only these to it)
+    protocols = frozenset({PROTO_TCP, PROTO_UDP})
+
     def __init__(self, engine: AlertEngine, nxdomain_threshold: int = 20, window: float = 60.0,
                  min_name_len: int = 52, min_sub_len: int = 40, entropy_threshold: float = 3.3,
                  tunnel_queries: int = 5, max_clients: int = 10000) -> None:

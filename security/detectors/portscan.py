@@ -8,6 +8,8 @@ at least ``threshold`` unanswered targets were probed at more than ``scan_rate``
 """
 from __future__ import annotations
 
+from typing import Any
+
 from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
 from capture.packet import ACK, FIN, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PSH, RST, SYN, URG, \
     ParsedPacket
@@ -67,6 +69,9 @@ class PortScanDetector:
         max_entries: bound on tracked (source, target) entries per table.
     """
 
+    #: IP protocols this detector looks at (the monitor routes only these to it)
+    protocols = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP})
+
     def __init__(self, engine: AlertEngine, threshold: int = ALERTS_PORT_SCAN_THRESHOLD,
                  scan_rate: float = ALERTS_SCAN_RATE, idle_timeout: float = 300.0,
                  max_entries: int = 20000) -> None:
@@ -79,6 +84,9 @@ class PortScanDetector:
         self._vertical: dict[tuple[str, str], _Probes] = {}
         #: (src, proto, dport) -> hosts probed on that port
         self._horizontal: dict[tuple[str, int, int], _Probes] = {}
+        #: first probe of pairs that have not reached a second target yet
+        self._seen_v: dict[tuple[str, str], tuple[float, object, int]] = {}
+        self._seen_h: dict[tuple[str, int, int], tuple[float, object, int]] = {}
         self.probes_seen = 0
 
     def process(self, pkt: ParsedPacket) -> None:
@@ -131,43 +139,65 @@ class PortScanDetector:
     # --- bookkeeping ---------------------------------------------------------------------
     def _probe(self, pkt: ParsedPacket, proto: int, dport: int, kind: int) -> None:
         self.probes_seen += 1
-        ts = pkt.ts
         src, dst = pkt.src_ip, pkt.dst_ip
-        key = (src, dst)
-        entry = self._vertical.get(key)
-        if entry is None or ts - entry.last > self.idle_timeout:
-            entry = self._vertical[key] = _Probes(ts, self.threshold)
-            if len(self._vertical) > self.max_entries:
-                evict_oldest(self._vertical, self.max_entries)
-        entry.last = ts
-        entry.kinds |= kind
         target = dport if proto == PROTO_TCP else -dport  # UDP ports kept apart from TCP
-        probed = entry.probed
-        if target not in probed and len(probed) < _MAX_TARGETS:
-            probed.add(target)
-            if len(probed) >= entry.next_report:
-                self._check(entry, "port_scan", src, dst, ts)
+        entry = self._track(self._vertical, self._seen_v, (src, dst), pkt.ts, target, kind)
+        if entry is not None:
+            self._check(entry, "port_scan", src, dst, pkt.ts)
         if proto != PROTO_UDP or dport not in _UDP_FANOUT_PORTS:
             self._probe_host(pkt, proto, dport, kind)
 
     def _probe_host(self, pkt: ParsedPacket, proto: int, dport: int, kind: int) -> None:
-        ts = pkt.ts
         src = pkt.src_ip
-        key = (src, proto, dport)
-        entry = self._horizontal.get(key)
-        if entry is None or ts - entry.last > self.idle_timeout:
-            entry = self._horizontal[key] = _Probes(ts, self.threshold)
-            if len(self._horizontal) > self.max_entries:
-                evict_oldest(self._horizontal, self.max_entries)
+        entry = self._track(self._horizontal, self._seen_h, (src, proto, dport), pkt.ts,
+                            pkt.dst_ip, kind)
+        if entry is not None:
+            self._check(entry, "port_sweep", src, f"port {dport}" if proto != PROTO_ICMP
+                        else "ICMP echo", pkt.ts)
+
+    def _track(self, table: dict[Any, _Probes], seen: dict[Any, tuple[float, object, int]],
+               key: Any, ts: float, target: object, kind: int) -> _Probes | None:
+        """Record one probe; returns the entry when it has reached its next report size.
+
+        A (source, target-set) pair starts as a light ``(ts, target, kind)`` tuple in ``seen``
+        and becomes a full entry only at its second distinct target: almost every client
+        reaches a single port of a host, and this keeps those out of the bounded tables. (An
+        answer to that first target is not remembered, so a count may be one too high.)
+        """
+        entry = table.get(key)
+        if entry is not None:
+            if ts - entry.last <= self.idle_timeout:
+                entry.last = ts
+                entry.kinds |= kind
+                probed = entry.probed
+                if target in probed or len(probed) >= _MAX_TARGETS:
+                    return None
+                probed.add(target)
+                return entry if len(probed) >= entry.next_report else None
+            del table[key]  # idle for too long: start over
+        first = seen.get(key)
+        if first is not None and ts - first[0] > self.idle_timeout:
+            first = None
+        if first is None and self.threshold > 1:
+            seen[key] = (ts, target, kind)
+            if len(seen) > 4 * self.max_entries:
+                evict_oldest(seen, 4 * self.max_entries)
+            return None
+        entry = _Probes(ts, self.threshold)
+        if first is not None:
+            if first[1] == target:
+                return None
+            del seen[key]
+            entry.first = first[0]
+            entry.kinds = first[2]
+            entry.probed.add(first[1])
         entry.last = ts
         entry.kinds |= kind
-        probed = entry.probed
-        dst = pkt.dst_ip
-        if dst not in probed and len(probed) < _MAX_TARGETS:
-            probed.add(dst)
-            if len(probed) >= entry.next_report:
-                self._check(entry, "port_sweep", src, f"port {dport}" if proto != PROTO_ICMP
-                            else "ICMP echo", ts)
+        entry.probed.add(target)
+        table[key] = entry
+        if len(table) > self.max_entries:
+            evict_oldest(table, self.max_entries)
+        return entry if len(entry.probed) >= entry.next_report else None
 
     def _answered(self, scanner: str, target: str, proto: int, port: int) -> None:
         entry = self._vertical.get((scanner, target))
@@ -203,7 +233,8 @@ class PortScanDetector:
 
     def stats(self) -> dict[str, int]:
         return {"probes": self.probes_seen, "vertical_entries": len(self._vertical),
-                "horizontal_entries": len(self._horizontal)}
+                "horizontal_entries": len(self._horizontal),
+                "single_target_pairs": len(self._seen_v) + len(self._seen_h)}
 
 
 def _is_group(ip: str) -> bool:

@@ -36,6 +36,9 @@ class SynFloodDetector:
         max_services: services tracked at once.
     """
 
+    #: IP protocols this detector looks at (the monitor routes only these to it)
+    protocols = frozenset({PROTO_TCP})
+
     def __init__(self, engine: AlertEngine, syn_rate: int = 200, half_open: int = 200,
                  max_pending: int = 4096, max_services: int = 4096) -> None:
         self.engine = engine
