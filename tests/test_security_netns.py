@@ -5,6 +5,7 @@ socket, decoded by our parser and fed to the security monitor.
 * ARP spoofing: forged ARP replies sent with scapy.
 * nmap SYN, connect and UDP scans: one port-scan alert naming the scanner, within 5 seconds of
   the first probe, deduplicated.
+* A spoofed SYN flood sent with scapy: one syn_flood alert against the victim service.
 * The same through the product: ``main.py -i VETH --no-ui --duration N --export-json OUT``.
 """
 from __future__ import annotations
@@ -207,3 +208,44 @@ def test_cli_live_capture_reports_an_nmap_scan(tmp_path: Path) -> None:
     assert [(a["rule_id"], a["src"], a["dst"]) for a in alerts] == \
         [("port_scan", n["a4"], n["b4"])]
     assert alerts[0]["ts"] - started <= 5.0
+
+
+SYN_FLOOD = textwrap.dedent("""
+    import random, sys
+    from scapy.all import IP, TCP, UDP, Ether, conf, get_if_hwaddr, sendp
+    conf.verb = 0
+    iface, victim, victim_mac, marker = sys.argv[1:5]
+    me = get_if_hwaddr(iface)
+    rnd = random.Random(11)
+    frames = [Ether(src=me, dst=victim_mac) /
+              IP(src=f"198.18.{rnd.randint(0, 255)}.{rnd.randint(1, 254)}", dst=victim) /
+              TCP(sport=rnd.randint(1024, 65535), dport=80, flags="S", seq=rnd.getrandbits(32))
+              for _ in range(1500)]
+    sendp(frames, iface=iface)
+    sendp(Ether(src=me, dst=victim_mac) / IP(dst=victim) / UDP(sport=9, dport=9) /
+          marker.encode(), iface=iface)
+""")
+
+
+def test_spoofed_syn_flood_is_reported_against_the_victim() -> None:
+    require_root()
+    require_tool("ip")
+    frames: list[ParsedPacket] = []
+    with namespaces("10.204.0") as n:
+        mac = subprocess.run(["ip", "netns", "exec", n["b"], "cat",
+                              f"/sys/class/net/{n['vb']}/address"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        with capture_in(n["b"], n["vb"], frames):
+            flood = subprocess.run(["ip", "netns", "exec", n["a"], sys.executable, "-c",
+                                    SYN_FLOOD, n["va"], n["b4"], mac, MARKER],
+                                   capture_output=True, text=True, timeout=120)
+            assert flood.returncode == 0, flood.stderr
+    mon = SecurityMonitor.from_settings({}, destinations=[])
+    for pkt in frames:
+        mon.process(pkt)
+    syns = sum(1 for p in frames if p.proto == 6 and p.tcp_flags == 0x02 and p.dport == 80)
+    assert syns == 1500
+    alerts = mon.engine.alerts()
+    assert [(a.rule_id, a.src, a.dst) for a in alerts] == \
+        [("syn_flood", n["b4"], f"{n['b4']}:80")], [a.message for a in alerts]
+    assert alerts[0].evidence["half_open"] >= 200 and alerts[0].evidence["sources"] >= 200
