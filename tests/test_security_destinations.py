@@ -415,8 +415,10 @@ def test_a_hung_webhook_does_not_delay_syslog(hook: Hook) -> None:
             assert time.perf_counter() - t0 < 0.5
             got = [rx.recvfrom(65535)[0] for _ in range(50)]
             assert [parse_5424(g)["msg"] for g in got] == [f"m{i}" for i in range(50)]
-            # The stuck webhook kept 1 in flight + 5 queued; the rest were dropped and counted.
-            assert wait_for(lambda: slow.stats()["dropped"] == 44)
+            # The stuck webhook holds 5 queued (+1 in flight if its worker took one before the
+            # burst ended); everything else was dropped and counted.
+            assert wait_for(lambda: slow.stats()["dropped"] >= 44)
+            assert slow.stats()["dropped"] <= 45
         finally:
             hook.hang.set()
             slow.close()
