@@ -44,6 +44,8 @@ class ReputationDetector:
         self._verdict: dict[str, str] = {}
         #: ip -> score once the online answer is known
         self._scored: dict[str, int] = {}
+        #: bad ip -> [time of the last report to the engine, packets seen]
+        self._reported: dict[str, list[float]] = {}
         self.hits = 0
 
     def process(self, pkt: ParsedPacket) -> None:
@@ -71,12 +73,31 @@ class ReputationDetector:
         v = self._verdict[ip] = name or _CLEAN
         return v
 
-    def _hit(self, bad: str, peer: str, list_name: str, ts: float) -> None:
+    def _due(self, bad: str, ts: float) -> int:
+        """Packets seen for ``bad`` if it is time to tell the engine again, else 0.
+
+        A flow to a bad address would otherwise call the engine on every packet; once a
+        second is enough to keep the alert's count and evidence current.
+        """
         self.hits += 1
-        self.engine.raise_alert(
-            "blocklisted_address", "high", bad, peer,
-            f"Traffic between {peer} and blocklisted {bad} (list: {list_name})",
-            {"list": list_name, "packets": self.hits}, ts=ts)
+        rec = self._reported.get(bad)
+        if rec is None:
+            if len(self._reported) >= self.cache_size:
+                self._reported.clear()
+            rec = self._reported[bad] = [ts - 2.0, 0]
+        rec[1] += 1
+        if ts - rec[0] < 1.0:
+            return 0
+        rec[0] = ts
+        return int(rec[1])
+
+    def _hit(self, bad: str, peer: str, list_name: str, ts: float) -> None:
+        packets = self._due(bad, ts)
+        if packets:
+            self.engine.raise_alert(
+                "blocklisted_address", "high", bad, peer,
+                f"Traffic between {peer} and blocklisted {bad} (list: {list_name})",
+                {"list": list_name, "packets": packets}, ts=ts)
 
     def _online(self, ip: str, peer: str, ts: float) -> None:
         known = self._scored.get(ip)
@@ -89,7 +110,9 @@ class ReputationDetector:
                 self._scored.clear()
             known = self._scored[ip] = score
         if known >= self.min_score:
-            self.engine.raise_alert(
-                "bad_reputation", "high", ip, peer,
-                f"Traffic between {peer} and {ip}, abuse confidence {known}/100",
-                {"abuse_score": known}, ts=ts)
+            packets = self._due(ip, ts)
+            if packets:
+                self.engine.raise_alert(
+                    "bad_reputation", "high", ip, peer,
+                    f"Traffic between {peer} and {ip}, abuse confidence {known}/100",
+                    {"abuse_score": known, "packets": packets}, ts=ts)
