@@ -117,7 +117,9 @@ class Pipeline:
                 if self.pcap_writer is not None:
                     self.pcap_writer.write(batch)
                 self.process_frames(batch)
-                if stop is not None and stop.is_set():
+                # A live capture's queued packets are already off the wire: process them (the
+                # source stops reading and ends the stream). A file can simply stop here.
+                if stop is not None and stop.is_set() and not source.drain_on_stop:
                     break
         finally:
             source.stop()

@@ -60,6 +60,8 @@ class PacketSource:
     """Base: a thread fills ``queue`` with batches; ``stop()`` ends it early."""
 
     description = ""
+    #: on stop, process what is already queued (live packets exist nowhere else)
+    drain_on_stop = False
 
     def __init__(self, queue_size: int = CAPTURE_QUEUE_SIZE) -> None:
         self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=queue_size)
@@ -186,6 +188,8 @@ class FileSource(PacketSource):
 
 class LiveSource(PacketSource):
     """Live capture through libpcap (pcapy-ng ``next_batch``: one C call per batch)."""
+
+    drain_on_stop = True
 
     def __init__(self, interface: str, bpf: str = "", snaplen: int = SNAP_LENGTH,
                  promisc: bool = True, timeout_ms: int = CAPTURE_TIMEOUT_MS,
