@@ -25,6 +25,8 @@ _XMAS = FIN | PSH | URG
 _UDP_FANOUT_PORTS = frozenset({53, 67, 68, 123, 137, 138, 1900, 3478, 5353, 5355, 19302})
 #: classic UDP traceroute destination ports: one probe per hop, not a scan
 _TRACEROUTE_PORTS = range(33434, 33535)
+#: seconds after which an ongoing, already reported scan refreshes its alert
+_REFRESH = 1.0
 #: most distinct targets remembered per scanner entry (counting stops growing past it)
 _MAX_TARGETS = 65536
 
@@ -36,7 +38,8 @@ def kind_names(kinds: int) -> str:
 class _Probes:
     """Targets (ports or hosts) one source probed, and which of them answered."""
 
-    __slots__ = ("first", "last", "probed", "answered", "kinds", "unreach", "next_report")
+    __slots__ = ("first", "last", "probed", "answered", "kinds", "unreach", "next_report",
+                 "reported")
 
     def __init__(self, ts: float, first_report: int) -> None:
         self.first = ts
@@ -47,6 +50,8 @@ class _Probes:
         self.kinds = 0
         self.unreach = 0
         self.next_report = first_report
+        #: time of the last report (0 = never): an ongoing scan is re-reported now and then
+        self.reported = 0.0
 
     def unanswered(self) -> int:
         return len(self.probed) - (len(self.answered) if self.answered else 0)
@@ -173,7 +178,10 @@ class PortScanDetector:
                 if target in probed or len(probed) >= _MAX_TARGETS:
                     return None
                 probed.add(target)
-                return entry if len(probed) >= entry.next_report else None
+                if len(probed) >= entry.next_report or (
+                        entry.reported and ts - entry.reported >= _REFRESH):
+                    return entry
+                return None
             del table[key]  # idle for too long: start over
         first = seen.get(key)
         if first is not None and ts - first[0] > self.idle_timeout:
@@ -217,7 +225,10 @@ class PortScanDetector:
         rate = n / span if span > 0 else float(n)
         if rate <= self.scan_rate:
             return
-        entry.next_report = len(entry.probed) * 2  # report again only when it doubles
+        # Report again when the count doubles, or after _REFRESH seconds of new targets, so
+        # the alert's evidence follows a long scan without an engine call per probe.
+        entry.next_report = len(entry.probed) * 2
+        entry.reported = ts
         kinds = kind_names(entry.kinds)
         if rule == "port_scan":
             message = (f"{src} scanned {n} ports on {dst} ({kinds} probes, "
