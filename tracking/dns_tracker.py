@@ -11,7 +11,10 @@ TCP: messages are framed by their 2-byte length prefix (RFC 1035 4.2.2); a segme
 several messages and a message (or even its prefix) may span segments. Each direction keeps a
 small buffer keyed by the 4-tuple and the next expected sequence number: retransmitted bytes
 are trimmed, a gap (lost segment) resynchronises on the next segment. At most
-``tcp_max_streams`` buffers of at most one maximal message each are kept.
+``tcp_max_streams`` buffers of at most one maximal message each are kept. A stream whose
+framing cannot be DNS (a length prefix shorter than the 12-byte DNS header, as bulk data of
+another protocol on port 53 gives) is given up until its connection starts again: otherwise a
+run of zero bytes would be read as thousands of empty messages per segment.
 
 Matching: a query waits under (client, client port, id, qname, qtype) — qname compared
 case-insensitively because of 0x20 randomisation — and a response to that client/port with the
@@ -44,6 +47,7 @@ DNS_PORTS: dict[int, str] = {53: "dns", 5353: "mdns", 5355: "llmnr"}
 
 _SEQ_MASK = 0xFFFFFFFF
 _MAX_TCP_BUFFER = 2 + 65535  # one maximal message with its length prefix
+_DNS_HEADER = 12  # no DNS message is shorter: a smaller length prefix is not DNS framing
 
 
 @dataclass(slots=True)
@@ -161,6 +165,8 @@ class _Pending:
 class _TcpStream:
     next_seq: int
     buf: bytearray
+    #: the stream does not frame as DNS: its segments are ignored until a new SYN
+    dead: bool = False
 
 
 def _is_multicast(ip: str) -> bool:
@@ -270,8 +276,11 @@ class DNSTracker:
         n = pkt.payload_len
         if n:
             seq = pkt.seq
-            data = bytes(pkt.payload)
             st = streams.get(key)
+            if st is not None and st.dead:
+                n = 0
+        if n:
+            data = bytes(pkt.payload)
             if st is None:
                 # picked up mid-stream (or no SYN seen): assume the segment starts a message
                 st = streams[key] = _TcpStream(seq, bytearray())
@@ -295,12 +304,15 @@ class DNSTracker:
                 size = len(buf)
                 while size - start >= 2:
                     ln = (buf[start] << 8) | buf[start + 1]
+                    if ln < _DNS_HEADER:
+                        st.dead = True
+                        buf.clear()
+                        start = 0
+                        break
                     if size - start - 2 < ln:
                         break
-                    if ln:
-                        self._message(decode(bytes(buf[start + 2:start + 2 + ln]), 1), pkt.ts,
-                                      label, "tcp", pkt.src_ip, pkt.dst_ip, pkt.sport,
-                                      pkt.dport)
+                    self._message(decode(bytes(buf[start + 2:start + 2 + ln]), 1), pkt.ts,
+                                  label, "tcp", pkt.src_ip, pkt.dst_ip, pkt.sport, pkt.dport)
                     start += 2 + ln
                 if start:
                     del buf[:start]
