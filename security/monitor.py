@@ -93,6 +93,7 @@ class SecurityMonitor:
                 blocklist.load_dir(folder)
             except OSError as exc:
                 log.warning("blocklist folder %s unusable: %s", folder, exc.strerror)
+                blocklist = None
         online = None
         key = get("REPUTATION_API_KEY", REPUTATION_API_KEY)
         if key:
