@@ -326,3 +326,20 @@ def test_monitor_routes_and_sees_tunnelled_packets() -> None:
     assert snap["counters"]["port_scan"]["raised"] == 1
     assert snap["graph"]["edges"] >= 2
     mon.close()
+
+
+def test_icmpv6_echo_sweep_and_udp6_scan() -> None:
+    from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6, IPerror6
+    eng = AlertEngine()
+    det = PortScanDetector(eng, threshold=10, scan_rate=0.5)
+    for i in range(1, 30):
+        det.process(frame(IPv6(src="fd00::66", dst=f"fd00::1:{i:x}") / ICMPv6EchoRequest(),
+                          10.0 + i * 0.01))
+    for port in range(100, 130):
+        det.process(frame(IPv6(src="fd00::66", dst="fd00::5") / UDP(sport=45000, dport=port),
+                          20.0 + port * 0.01))
+        det.process(frame(IPv6(src="fd00::5", dst="fd00::66") / ICMPv6DestUnreach(code=4) /
+                          IPerror6(src="fd00::66", dst="fd00::5") /
+                          UDPerror(sport=45000, dport=port), 20.0 + port * 0.01))
+    assert sorted((a.rule_id, a.src) for a in eng.alerts()) == [
+        ("port_scan", "fd00::66"), ("port_sweep", "fd00::66")]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
-from capture.packet import ACK, FIN, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PSH, RST, SYN, URG, \
-    ParsedPacket
+from capture.packet import ACK, FIN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PSH, RST, \
+    SYN, URG, ParsedPacket
 from security.alerts import AlertEngine
 from security.detectors._bounded import evict_oldest
 
@@ -75,7 +75,7 @@ class PortScanDetector:
     """
 
     #: IP protocols this detector looks at (the monitor routes only these to it)
-    protocols = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP})
+    protocols = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6})
 
     def __init__(self, engine: AlertEngine, threshold: int = ALERTS_PORT_SCAN_THRESHOLD,
                  scan_rate: float = ALERTS_SCAN_RATE, idle_timeout: float = 300.0,
@@ -107,6 +107,8 @@ class PortScanDetector:
             if flags & SYN:
                 kind = K_SYN
             elif flags == 0:
+                if pkt.malformed:
+                    return  # a cut-off header reads as no flags; not a NULL probe
                 kind = K_NULL
             elif flags == FIN:
                 kind = K_FIN
@@ -127,14 +129,15 @@ class PortScanDetector:
             if dport in _TRACEROUTE_PORTS or _is_group(pkt.dst_ip):
                 return
             self._probe(pkt, PROTO_UDP, dport, K_UDP)
-        elif proto == PROTO_ICMP:
+        elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
             t = pkt.icmp_type
-            if t == 8:
+            v6 = proto == PROTO_ICMPV6
+            if t == (128 if v6 else 8):
                 if not _is_group(pkt.dst_ip):
                     self._probe_host(pkt, PROTO_ICMP, 8, K_ICMP)
-            elif t == 0:
+            elif t == (129 if v6 else 0):
                 self._answered(pkt.dst_ip, pkt.src_ip, PROTO_ICMP, 8)
-            elif t == 3 and pkt.icmp_code == 3:
+            elif (t == 3 and pkt.icmp_code == 3) or (v6 and t == 1 and pkt.icmp_code == 4):
                 q = pkt.quoted
                 if q is not None and q.proto == PROTO_UDP:
                     entry = self._vertical.get((q.src_ip, q.dst_ip))
