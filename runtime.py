@@ -48,7 +48,7 @@ class Runtime:
         self.flows = FlowTracker(settings.MAX_FLOWS, settings.FLOW_TIMEOUT,
                                  settings.TCP_CLOSE_LINGER, settings.FLOW_HISTORY_LIMIT,
                                  tcp_factory=_tcp_factory())
-        self.components = build_components(settings, self.flows)
+        self.components = build_components(settings, self.flows, args)
         self.pipeline = Pipeline(self.flows, stages=self.components.stages,
                                  flow_stages=self.components.flow_stages,
                                  periodic=self.components.periodic)
@@ -79,6 +79,8 @@ class Runtime:
             self.pool.close()
             raise RuntimeError_(str(exc)) from None
         self.pipeline.periodic.append(self.recorder.on_tick)
+        for hook in comp.on_database:
+            hook(self.recorder.writer, self.pipeline.periodic)
         if comp.security is not None:
             comp.security.engine.add_listener(self.recorder.on_alert)
 
@@ -273,6 +275,14 @@ class Components:
     security: Any = None
     tcp_totals_fn: Callable[[], dict[str, Any]] | None = None
     enricher: Any = None
+    # export wiring (export/): device inventory, packet ring for -w of selected flows, IPFIX
+    devices: Any = None
+    packet_ring: Any = None
+    ipfix: Any = None
+    devices_lock: Any = None
+    #: called with (db writer, pipeline periodic list) once the run's database is open
+    on_database: list[Callable[[Any, list[Callable[[float], None]]], Any]] = field(
+        default_factory=list)
 
     def dns_records(self) -> list[dict[str, Any]]:
         return self.dns.records() if self.dns is not None else []
@@ -290,6 +300,9 @@ class Components:
         out: dict[str, Any] = {}
         if self.security is not None:
             out["alerts"] = [a.to_dict() for a in self.security.engine.alerts()]
+        if self.devices is not None:
+            from export.devices import device_section
+            out["devices"] = device_section(self.devices, self.devices_lock)
         return out
 
 
@@ -298,7 +311,8 @@ def _tcp_factory() -> Callable[[], Any]:
     return TcpConnection
 
 
-def build_components(settings: Settings, flows: FlowTracker) -> Components:
+def build_components(settings: Settings, flows: FlowTracker,
+                     args: argparse.Namespace | None = None) -> Components:
     """Create every tracker the settings ask for and wire it to the pipeline's hooks."""
     from analysis.inspector import FlowInspector
     from geo.enrich import build_enricher
@@ -347,7 +361,33 @@ def build_components(settings: Settings, flows: FlowTracker) -> Components:
     c.enricher = build_enricher(settings, passive_lookup=passive)
     c.flow_enrichers.append(c.enricher.flow_fields)
     c.on_close.append(c.enricher.close)
+    _wire_exports(c, settings, flows, args)
     return c
+
+
+def _wire_exports(c: Components, settings: Settings, flows: FlowTracker,
+                  args: argparse.Namespace | None) -> None:
+    """Devices (stage, db, export section), the packet ring, and IPFIX when asked for."""
+    from analysis.devices import DeviceInventory
+    from export.devices import attach_device_persistence
+    from export.packet_ring import DEFAULT_FRAMES, DEFAULT_MB, PacketRing
+
+    c.devices = DeviceInventory()
+    c.devices_lock = flows.lock
+    c.stages.append(c.devices.observe)
+    c.on_database.append(lambda writer, periodic: attach_device_persistence(c, writer, periodic))
+    frames = settings.get("PACKET_RING_FRAMES", DEFAULT_FRAMES)
+    if frames > 0:
+        c.packet_ring = PacketRing(frames, settings.get("PACKET_RING_MB", DEFAULT_MB) * 1024 * 1024,
+                                   lock=flows.lock)
+        c.flow_stages.append(c.packet_ring.add)
+    collector = getattr(args, "ipfix", None)
+    if collector:
+        from export.ipfix import attach_ipfix
+        try:
+            c.ipfix = attach_ipfix(c, flows, collector, settings)
+        except ValueError as exc:
+            raise RuntimeError_(str(exc)) from None
 
 
 def _dns_tracker(settings: Settings) -> Any:
