@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.conftest import ROOT, require_root, require_tool
+from tracking.path_report import format_report
 
 pytestmark = [pytest.mark.requires_root, pytest.mark.integration]
 
@@ -105,3 +106,188 @@ def trace(limit: float = 60, **kwargs: Any) -> dict[str, Any]:
                           timeout=limit)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
+
+
+MANY = textwrap.dedent("""
+    import json, sys
+    from tracking.path_report import run_report
+    for args in json.loads(sys.argv[1]):
+        print(json.dumps(run_report(**args)), flush=True)
+""")
+
+
+def traces(runs: list[dict[str, Any]], limit: float = 60) -> list[dict[str, Any]]:
+    """Several run_report(**kwargs) in one child process in namespace A (one import of scapy)."""
+    proc = subprocess.run(["ip", "netns", "exec", NS["A"], sys.executable, "-c", MANY,
+                           json.dumps(runs)], cwd=ROOT, capture_output=True, text=True, timeout=limit)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+FAST = {"interval": 0.05, "timeout": 0.5, "max_hops": 8, "rate_limit_pps": 400}
+
+
+@pytest.fixture(scope="module")
+def net() -> Iterator[None]:
+    require_root()
+    require_tool("ip", "tc")
+    with chain():
+        yield
+
+
+def only(result: dict[str, Any]) -> dict[str, Any]:
+    assert not result["errors"], result["errors"]
+    assert len(result["destinations"]) == 1
+    return result["destinations"][0]
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_every_method_shows_r1_r2_b_without_loss(net: None, version: int) -> None:
+    target, hops = (B4, [R1_4, R2_4, B4]) if version == 4 else (B6, [R1_6, R2_6, B6])
+    runs = [dict(targets=[target], rounds=3, method=m, probes_per_hop=2, **FAST)
+            for m in ("icmp", "udp", "tcp")]
+    for method, result in zip(("icmp", "udp", "tcp"), traces(runs)):
+        d = only(result)
+        assert d["method"] == method
+        assert d["reached"] and d["hop_count"] == 3, (method, d)
+        assert [h["addresses"] for h in d["hops"]] == [[a] for a in hops], method
+        assert d["route"] == hops
+        for h in d["hops"]:
+            assert h["sent"] == 6 and h["received"] == 6 and h["loss_pct"] == 0.0, (method, h)
+            assert 0 < h["best_ms"] <= h["avg_ms"] <= h["worst_ms"] < 50, (method, h)
+            assert h["stddev_ms"] is not None
+        assert d["hops"][-1]["is_destination"] and not d["hops"][0]["is_destination"]
+        assert not d["changes"], method
+
+
+def test_netem_delay_and_loss_show_at_the_hop_behind_the_link(net: None) -> None:
+    dev = f"r2b{TAG}"  # R2 -> B: only hop 3 (B) is behind it
+    sh("tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "50ms", "loss", "30%", ns="R2")
+    try:
+        [r4, r6] = traces([dict(targets=[t], rounds=6, method="icmp", probes_per_hop=10,
+                                interval=0.05, timeout=0.4, max_hops=6, rate_limit_pps=400)
+                           for t in (B4, B6)])
+    finally:
+        sh("tc", "qdisc", "del", "dev", dev, "root", ns="R2")
+    for d in (only(r4), only(r6)):
+        r1, r2, b = d["hops"]
+        assert r1["sent"] == r2["sent"] == b["sent"] == 60
+        # the routers before the link: no loss, sub-millisecond RTTs
+        for h in (r1, r2):
+            assert h["loss_pct"] == 0.0 and h["avg_ms"] < 10, h
+        # behind it: 30% of probes lost (60 probes: about +-6%), 50 ms more
+        assert 12.0 <= b["loss_pct"] <= 50.0, b
+        assert 48.0 <= b["best_ms"] and 49.0 <= b["avg_ms"] <= 80.0, b
+        assert b["addresses"] == [d["target"]] and b["is_destination"]
+
+
+def test_router_dropping_time_exceeded_is_a_star_and_the_trace_completes(net: None) -> None:
+    # R1 drops whatever R2 itself sends towards A: R2's time-exceeded messages never arrive,
+    # while the packets R2 forwards (B's answers) still do.
+    rules = [("-4", R2_4), ("-6", R2_6)]
+    for fam, src in rules:
+        sh("ip", fam, "rule", "add", "from", src, "iif", f"r1b{TAG}", "blackhole", ns="R1")
+    try:
+        results = traces([dict(targets=[t], rounds=3, method=m, probes_per_hop=1, **FAST)
+                          for t in (B4, B6) for m in ("icmp", "udp")])
+    finally:
+        for fam, src in rules:
+            sh("ip", fam, "rule", "del", "from", src, "iif", f"r1b{TAG}", "blackhole", ns="R1", check=False)
+    for r in results:
+        d = only(r)
+        r1, silent, b = d["hops"]
+        assert d["reached"] and d["hop_count"] == 3
+        assert r1["received"] == 3 and b["received"] == 3
+        assert silent["addresses"] == [] and silent["sent"] == 3 and silent["received"] == 0
+        assert silent["loss_pct"] == 100.0 and silent["avg_ms"] is None
+        assert d["route"] == [r1["addresses"][0], None, d["target"]]
+    text = format_report(results[0])
+    assert "  2. ???" in text and "100.0%" in text
+
+
+CONTINUOUS = textwrap.dedent("""
+    import json, sys, time
+    from db.connection import ConnectionPool
+    from tracking.db_path import DBPathTracer
+    db, method, targets = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    changes = []
+    tracer = DBPathTracer(ConnectionPool(db), probes_per_hop=1, timeout=0.5, interval=0.05,
+                          max_hops=6, rate_limit_pps=400, method=method,
+                          on_route_change=changes.append)
+    for t in targets:
+        tracer.request(t)
+    def wait(cond, limit=15.0):
+        end = time.monotonic() + limit
+        while not cond() and time.monotonic() < end:
+            time.sleep(0.02)
+    wait(lambda: all(d.rounds >= 3 for d in tracer.snapshot().destinations))
+    print("READY", flush=True)
+    sys.stdin.readline()                       # the test moves the route now
+    wait(lambda: len(changes) >= len(targets))
+    time.sleep(0.3)                            # a few rounds on the new route
+    tracer.stop()
+    print(json.dumps({"snapshot": tracer.snapshot().as_dict(),
+                      "changes": [c.as_dict() for c in changes]}), flush=True)
+""")
+
+
+@pytest.mark.parametrize("method", ["icmp", "tcp"])
+def test_route_switch_through_r3_is_a_stored_route_change(net: None, tmp_path: Path, method: str) -> None:
+    db = tmp_path / "paths.db"
+    proc = subprocess.Popen(["ip", "netns", "exec", NS["A"], sys.executable, "-c", CONTINUOUS,
+                             str(db), method, f"{B4},{B6}"], cwd=ROOT, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        ready = proc.stdout.readline()
+        assert ready.strip() == "READY", ready + proc.stderr.read() if proc.stderr else ""
+        via("R3")
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        via("R2")
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = json.loads(out)
+    old = {B4: [R1_4, R2_4, B4], B6: [R1_6, R2_6, B6]}
+    new = {B4: [R1_4, R3_4, B4], B6: [R1_6, R3_6, B6]}
+    seen = {c["target"]: c for c in result["changes"]}
+    assert set(seen) == {B4, B6}
+    for t in (B4, B6):
+        assert seen[t]["old"] == old[t] and seen[t]["new"] == new[t]
+        assert seen[t]["changed_hops"] == [2]
+        d = next(x for x in result["snapshot"]["destinations"] if x["target"] == t)
+        assert d["route"] == new[t]
+        assert {tuple(r["hops"]) for r in d["routes"]} == {tuple(old[t]), tuple(new[t])}
+        assert d["changes"][-1]["new"] == new[t]
+        # the hop table shows both routers that answered at hop 2
+        assert set(d["hops"][1]["addresses"]) == {old[t][1], new[t][1]}
+
+    conn = sqlite3.connect(db)
+    try:
+        for t in (B4, B6):
+            pats = {tuple(json.loads(h)): n for h, n in conn.execute(
+                "SELECT hops, times_seen FROM route_patterns WHERE target_ip = ?", (t,))}
+            assert set(pats) == {tuple(old[t]), tuple(new[t])}
+            assert pats[tuple(old[t])] >= 3 and pats[tuple(new[t])] >= 1
+            changes = conn.execute("SELECT old_hash, new_hash, changed_hops FROM route_changes "
+                                   "WHERE target_ip = ?", (t,)).fetchall()
+            assert len(changes) == 1 and json.loads(changes[0][2]) == [2]
+            stored = {h: tuple(json.loads(x)) for h, x in conn.execute(
+                "SELECT route_hash, hops FROM route_patterns WHERE target_ip = ?", (t,))}
+            assert stored[changes[0][0]] == tuple(old[t]) and stored[changes[0][1]] == tuple(new[t])
+            traces_ = conn.execute("SELECT id, protocol, reached FROM traceroutes WHERE target_ip = ? "
+                                   "ORDER BY id", (t,)).fetchall()
+            # first round, the change, and the final one at stop
+            assert len(traces_) >= 3 and all(p == method.upper() and r == 1 for _, p, r in traces_)
+            last_hops = [ip for (ip,) in conn.execute(
+                "SELECT ip FROM hops WHERE traceroute_id = ? ORDER BY ttl", (traces_[-1][0],))]
+            assert last_hops[0] == old[t][0] and last_hops[2] == t
+            n, lost = conn.execute("SELECT COUNT(*), SUM(rtt_ms IS NULL) FROM latency_samples "
+                                   "WHERE ip = ?", (t,)).fetchone()
+            assert n >= 4 and lost == 0
+    finally:
+        conn.close()
