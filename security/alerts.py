@@ -50,18 +50,37 @@ class AlertEngine:
         #: (rule_id, src) -> the alert that repeats fold into
         self._open: dict[tuple[str, str], Alert] = {}
         self._listeners: list[Listener] = []
+        self._update_listeners: list[Listener] = []
+        #: id -> alert created or changed since the last take_changes() (for the db writer)
+        self._dirty: dict[int, Alert] = {}
         self._next_id = 1
         self._raised: dict[str, int] = {}
         self._suppressed: dict[str, int] = {}
         self.listener_errors = 0
 
     # --- wiring -------------------------------------------------------------------------
-    def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(alert)`` for every new (not deduplicated) alert."""
+    def add_listener(self, listener: Listener, on_update: bool = False) -> None:
+        """Call ``listener(alert)`` for every new (not deduplicated) alert; with ``on_update``
+        also with a copy of the alert each time a repeat folds into it."""
         self._listeners.append(listener)
+        if on_update:
+            self._update_listeners.append(listener)
 
     def remove_listener(self, listener: Listener) -> None:
         self._listeners.remove(listener)
+        if listener in self._update_listeners:
+            self._update_listeners.remove(listener)
+
+    def take_changes(self) -> list[Alert]:
+        """Copies of the alerts created, repeated or acknowledged since the previous call.
+
+        Meant for one consumer (the database writer, once per tick), so repeats are stored as
+        one upsert per alert instead of one per packet.
+        """
+        with self._lock:
+            changed = [_copy(a) for a in self._dirty.values()]
+            self._dirty.clear()
+        return changed
 
     def add_destination(self, destination: Destination) -> None:
         self.destinations.append(destination)
@@ -91,30 +110,48 @@ class AlertEngine:
                     prev.severity = severity
                 prev.message = message  # the newest description carries the latest counters
                 self._suppressed[rule_id] = self._suppressed.get(rule_id, 0) + 1
-                return None
-            alert = Alert(ts=now, severity=severity, rule_id=rule_id, src=src, dst=dst,
-                          message=message, evidence=dict(evidence or {}), count=1,
-                          id=self._next_id, last_ts=now)
-            self._next_id += 1
-            if len(self._alerts) == self._alerts.maxlen:
-                self._by_id.pop(self._alerts[0].id, None)
-            self._alerts.append(alert)
-            self._by_id[alert.id] = alert
-            self._open[key] = alert
-            if len(self._open) > 4 * (self._alerts.maxlen or 10000):
-                self._expire_open(now)
-            self._raised[rule_id] = self._raised.get(rule_id, 0) + 1
-            listeners = list(self._listeners)
-            destinations = list(self.destinations)
+                self._mark(prev)
+                if not self._update_listeners:
+                    return None
+                updated = _copy(prev)
+                update_listeners = list(self._update_listeners)
+            else:
+                updated = None
+                alert = Alert(ts=now, severity=severity, rule_id=rule_id, src=src, dst=dst,
+                              message=message, evidence=dict(evidence or {}), count=1,
+                              id=self._next_id, last_ts=now)
+                self._next_id += 1
+                if len(self._alerts) == self._alerts.maxlen:
+                    self._by_id.pop(self._alerts[0].id, None)
+                self._alerts.append(alert)
+                self._by_id[alert.id] = alert
+                self._open[key] = alert
+                if len(self._open) > 4 * (self._alerts.maxlen or 10000):
+                    self._expire_open(now)
+                self._raised[rule_id] = self._raised.get(rule_id, 0) + 1
+                self._mark(alert)
+                listeners = list(self._listeners)
+                destinations = list(self.destinations)
+        if updated is not None:
+            self._notify(update_listeners, updated)
+            return None
+        self._notify(listeners, alert)
+        for dest in destinations:
+            dest.submit(alert)
+        return alert
+
+    def _mark(self, alert: Alert) -> None:
+        self._dirty[alert.id] = alert
+        if len(self._dirty) > 4 * (self._alerts.maxlen or 10000):
+            self._dirty.clear()  # nobody is taking changes; do not grow without bound
+
+    def _notify(self, listeners: list[Listener], alert: Alert) -> None:
         for listener in listeners:
             try:
                 listener(alert)
             except Exception:  # boundary: a broken listener must not stop detection
                 self.listener_errors += 1
                 log.exception("alert listener %r failed", listener)
-        for dest in destinations:
-            dest.submit(alert)
-        return alert
 
     def _expire_open(self, now: float) -> None:
         self._open = {k: a for k, a in self._open.items() if now - a.ts < self.dedup_window}
@@ -136,6 +173,7 @@ class AlertEngine:
             if alert is None:
                 return False
             alert.acknowledged = True
+            self._mark(alert)
             return True
 
     def acknowledge_index(self, index: int) -> bool:
@@ -146,6 +184,7 @@ class AlertEngine:
             except IndexError:
                 return False
             alert.acknowledged = True
+            self._mark(alert)
             return True
 
     def unacknowledged(self) -> int:

@@ -125,3 +125,21 @@ def test_memory_is_bounded() -> None:
     assert len(alerts) == 50
     assert alerts[-1].src == "10.0.0.199"
     assert eng.acknowledge(alerts[0].id) and not eng.acknowledge(1)
+
+
+def test_changes_for_the_database_writer_and_update_listeners() -> None:
+    clock = Clock()
+    eng = AlertEngine(dedup_window=60, clock=clock)
+    updates: list[tuple[int, int]] = []
+    eng.add_listener(lambda al: updates.append((al.id, al.count)), on_update=True)
+    a = eng.raise_alert("port_scan", "high", "s", "", "m", {"ports": 10})
+    assert a is not None
+    assert [(x.id, x.count) for x in eng.take_changes()] == [(a.id, 1)]
+    assert eng.take_changes() == []
+    eng.raise_alert("port_scan", "high", "s", "", "m", {"ports": 20})
+    eng.raise_alert("port_scan", "high", "s", "", "m", {"ports": 30})
+    changed = eng.take_changes()
+    assert [(x.id, x.count, x.evidence["ports"]) for x in changed] == [(a.id, 3, 30)]
+    eng.acknowledge(a.id)
+    assert [x.acknowledged for x in eng.take_changes()] == [True]
+    assert updates == [(a.id, 1), (a.id, 2), (a.id, 3)]
