@@ -239,7 +239,7 @@ def run_agent(args: argparse.Namespace, settings: Any, stop: threading.Event) ->
         st = agent.stats()
         sys.stdout.write(f"relay:     {args.relay} as {agent_id}: {st['messages_sent']} messages, "
                          f"{st['bytes_sent']} bytes sent, {st['connections']} connection(s), "
-                         f"{st['buffer_dropped']} dropped\n")
+                         f"{st['resyncs']} resync(s), {st['buffer_dropped']} dropped\n")
     finally:
         agent.stop()
         rt.close()

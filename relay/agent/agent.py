@@ -69,7 +69,7 @@ class RelayAgent:
                  buffer_max_messages: int = RELAY_BUFFER_MAX_MESSAGES,
                  buffer_max_bytes: int = RELAY_BUFFER_MAX_BYTES,
                  max_message_bytes: int = RELAY_MAX_MESSAGE_BYTES, window: int = 64,
-                 backoff_initial: float = 0.25, backoff_max: float = 10.0,
+                 backoff_initial: float = 0.25, backoff_max: float = 5.0,
                  rng: random.Random | None = None) -> None:
         self.rt = rt
         self.url = url
