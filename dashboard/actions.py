@@ -146,6 +146,53 @@ def trace(vs: ViewState, ctx: Context, arg: str) -> None:
     vs.message = f"traceroute to {dst} started: see view 2"
 
 
+def _scope(vs: ViewState, ctx: Context) -> Any:
+    from dashboard import sources
+    from export.view_export import ViewScope
+    selected = frozenset(vs.selected)
+    if vs.detail_key is not None and vs.view == "traffic":
+        selected = frozenset((vs.detail_key,))     # the open detail stands for its flow
+    names = None
+    if vs.filter_text:
+        nm = sources.Names(ctx.runtime.components.dns)
+        if nm.available:
+            names = lambda f: nm(f.dst_ip) + " " + nm(f.src_ip)  # noqa: E731
+    return ViewScope(vs.view, selected, vs.filter_text, vs.port_filter, vs.proto_filter,
+                     vs.hide_local, vs.sort, is_local=sources.is_local, names=names)
+
+
+def export(vs: ViewState, ctx: Context, arg: str) -> None:
+    """Write the current view's rows to a file named for the session and time; say where."""
+    from capture.errors import CaptureError
+    from export.base import ExportError
+    from export.view_export import count_label, export_view
+    try:
+        res = export_view(ctx.runtime, _scope(vs, ctx))
+    except (CaptureError, ExportError, OSError) as exc:
+        vs.message = f"export failed: {exc}"
+        return
+    vs.last_export = str(res.path.resolve())
+    vs.message = f"exported {count_label(res.kind, res.rows)} to {vs.last_export}"
+
+
+def save_packets(vs: ViewState, ctx: Context, arg: str) -> None:
+    """Write the selected flows' packets (else the flow under the cursor) to a pcapng file."""
+    from capture.errors import CaptureError
+    from export.view_export import save_flow_packets
+    keys = set(vs.selected) or {k for k in (vs.detail_key or _flow_key_at_cursor(vs, ctx),) if k}
+    if not keys:
+        vs.message = "no flow selected: Space selects flows"
+        return
+    try:
+        res = save_flow_packets(ctx.runtime, keys)
+    except (CaptureError, ValueError, OSError) as exc:
+        vs.message = f"saving packets failed: {exc}"
+        return
+    vs.last_export = str(res.path.resolve())
+    note = f" (older packets had left memory: {res.seen} seen)" if res.packets < res.seen else ""
+    vs.message = f"saved {res.packets} packets of {res.flows} flows to {vs.last_export}{note}"
+
+
 def ack(vs: ViewState, ctx: Context, arg: str) -> None:
     sec = ctx.runtime.components.security
     if ctx.state is None or sec is None:
@@ -209,6 +256,7 @@ ACTIONS: dict[str, Action] = {
     "ports_sort": ports_sort, "destinations": destinations, "local": local, "detail": detail,
     "trace": trace, "ack": ack, "ack_all": ack_all, "view": view, "next_view": next_view,
     "prev_view": prev_view, "help": help_, "pause": pause, "quit": quit_, "escape": escape,
+    "export": export, "save_packets": save_packets,
 }
 missing = {b.action for b in keys.BINDINGS} - set(ACTIONS)
 assert not missing, f"key table names unknown actions: {missing}"
@@ -250,6 +298,6 @@ def handle_key(vs: ViewState, ctx: Context, key: str) -> None:
     b = keys.lookup(vs.view, key)
     if b is None:
         return
-    if vs.detail_key is not None and b.views == ("traffic",) and b.action not in ("trace",):
+    if vs.detail_key is not None and b.views == ("traffic",) and b.action not in ("trace", "save_packets"):
         return
     ACTIONS[b.action](vs, ctx, b.arg)

@@ -33,6 +33,7 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("p",), "pause", "pause/resume capture processing"),
     Binding(("q",), "quit", "quit"),
     Binding(("esc",), "escape", "close detail/help, cancel prompt", footer=False),
+    Binding(("e",), "export", "export this view (selection, filters) to a file"),
     # navigation (Traffic and Alerts lists)
     Binding(("up", "k"), "move", "cursor up", _NAV, arg="-1", footer=False),
     Binding(("down", "j"), "move", "cursor down", _NAV, arg="1", footer=False),
@@ -52,6 +53,8 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("l",), "local", "show/hide local-only traffic", ("traffic",)),
     Binding(("enter",), "detail", "flow details", ("traffic",)),
     Binding(("t",), "trace", "traceroute the flow's destination", ("traffic",)),
+    Binding(("w",), "save_packets", "save the selected flows' packets (pcapng)", ("traffic",),
+            footer=False),
     # Ports
     Binding(("s",), "ports_sort", "cycle sort bytes/packets/connections/rate", ("ports",)),
     # Alerts

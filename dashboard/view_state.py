@@ -53,6 +53,8 @@ class ViewState:
     help: bool = False
     message: str = ""
     trace_requests: list[str] = field(default_factory=list)
+    #: where the last ``e``/``w`` export went (also said in the footer message)
+    last_export: str = ""
     ports_sort: str = "bytes"
     #: cursor in the alert list (Alerts view)
     alert_cursor: int = 0
