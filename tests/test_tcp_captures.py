@@ -3,6 +3,7 @@ tcp.analysis.* label, the split into tcp.stream connections, and each stream's i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -43,17 +44,25 @@ class Conn:
         self.b = b
 
 
-def analyse(path: Path) -> tuple[dict[str, list[int]], list[Conn], dict[str, list[int]]]:
+class Analysis(NamedTuple):
+    frames: dict[str, list[int]]        # category -> frame numbers
+    conns: list[Conn]                   # in order of their first packet (= tcp.stream index)
+    flags_seen: dict[str, list[int]]    # syn / syn_ack / fin -> frame numbers
+    streams: list[int]                  # stream index of every TCP frame, in frame order
+
+
+def analyse(path: Path) -> Analysis:
     """Feed every TCP packet (the innermost one for tunnels) to per-connection analysers.
 
     Connections are grouped by the unordered address/port pair; a new one starts when
-    ``is_new_connection`` says so (the rule the flow tracker uses). Returns the frame numbers
-    per category, the connections in order of their first packet, and SYN/SYN-ACK/FIN frames.
+    ``is_new_connection`` says so (the rule the flow tracker uses).
     """
     frames: dict[str, list[int]] = {name: [] for name in CATEGORIES}
     flags_seen: dict[str, list[int]] = {"syn": [], "syn_ack": [], "fin": []}
     live: dict[tuple, Conn] = {}
     conns: list[Conn] = []
+    index: dict[int, int] = {}
+    streams: list[int] = []
     for num, outer in enumerate(iter_parsed(path), 1):
         pkt: ParsedPacket = outer.innermost()
         if pkt.proto != PROTO_TCP or not pkt.ip_version:
@@ -66,7 +75,9 @@ def analyse(path: Path) -> tuple[dict[str, list[int]], list[Conn], dict[str, lis
             conn = None
         if conn is None:
             conn = live[key] = Conn(src, dst)
+            index[id(conn)] = len(conns)
             conns.append(conn)
+        streams.append(index[id(conn)])
         ev = conn.tcp.update(pkt, src == conn.a)
         for name, bits in CATEGORIES.items():
             if ev & bits:
@@ -78,7 +89,7 @@ def analyse(path: Path) -> tuple[dict[str, list[int]], list[Conn], dict[str, lis
             flags_seen["syn_ack"].append(num)
         if f & FIN:
             flags_seen["fin"].append(num)
-    return frames, conns, flags_seen
+    return Analysis(frames, conns, flags_seen, streams)
 
 
 def _id(p: Path) -> str:
@@ -95,7 +106,7 @@ def test_tcp_analysis_frames_match_tshark(path: Path) -> None:
             analyse(path)
         assert ta["tcp_frames"] == 0
         return
-    frames, conns, flags_seen = analyse(path)
+    frames, conns, flags_seen, _ = analyse(path)
     # the packets we fed are tshark's TCP frames (SYN/SYN-ACK/FIN frame numbers agree)
     for name, got in flags_seen.items():
         assert got == sorted(ta["frames"][name]), f"{path.name}: {name} frames"
@@ -114,7 +125,7 @@ def test_streams_and_initial_rtt_match_tshark(path: Path) -> None:
         assert exp["tcp_analysis"]["initial_rtt"] == []
         assert not [c for c in exp["conversations"] if c["proto"] == "tcp"]
         return
-    _, conns, _ = analyse(path)
+    conns = analyse(path).conns
     streams = [c for c in exp["conversations"] if c["proto"] == "tcp"]
     # same number of connections, in the same order, with the same A side (first sender)
     assert [((c.a, c.b)) for c in conns] == [
@@ -134,7 +145,7 @@ def test_totals_over_a_real_capture_equal_tshark_counts() -> None:
     if path is None:
         pytest.skip("mobile-android-mix.pcap not present")
     ta = expected_for(path)["tcp_analysis"]
-    _, conns, _ = analyse(path)
+    conns = analyse(path).conns
     totals = TcpTotals().merged(c.tcp for c in conns).as_dict()
     assert totals["retransmissions"] == ta["retransmission"]
     assert totals["out_of_order"] == ta["out_of_order"]

@@ -4,15 +4,23 @@ One :class:`TcpConnection` lives inside each TCP flow of the flow tracker. The t
 :meth:`TcpConnection.update` for every TCP packet of the connection and gets back a bitmask of
 ``EV_*`` events for that packet.
 
-The analysis reproduces ``tcp_analyze_sequence_number()`` of Wireshark's packet-tcp.c (the
-4.0 branch, default preferences: relative sequence numbers and sequence analysis on), check for
-check and in the same order, because the order decides which label a segment gets:
+The analysis reproduces ``tcp_analyze_sequence_number()`` of Wireshark's packet-tcp.c as
+tshark 4.0 runs it (default preferences), check for check and in the same order, because the
+order decides which label a segment gets:
 
 1. zero-window probe (skips 2-8)    6. window full
 2. zero window                      7. keep-alive ACK / zero-window-probe ACK (skip 8)
 3. lost segment (previous not seen) 8. duplicate ACK
-4. keep-alive                       9. for data/SYN/FIN that does not advance the sequence:
-5. window update                       fast retransmission, out-of-order, spurious, retransmission
+4. keep-alive                       9. ACKed unseen segment
+5. window update
+10. for data/SYN/FIN that does not advance the sequence (keep-alives excepted), the first of:
+    spurious retransmission (all of it already ACKed), fast retransmission (>= 2 dup ACKs,
+    within 20 ms), out-of-order (within the handshake RTT, else 3 ms, of the highest segment;
+    SYN/FIN count in its end), retransmission.
+
+Spurious comes before fast retransmission and out-of-order, and the out-of-order end counts
+SYN/FIN: older packet-tcp.c copies differ, but this is what tshark 4.0.17 does (checked on
+crafted captures by tests/test_tcp_tshark_diff.py).
 
 Sequence numbers are compared modulo 2**32 (Wireshark's GT_SEQ/LT_SEQ/LE_SEQ). Wireshark runs
 the analysis on the absolute numbers and makes them relative only for display, so a per-direction
@@ -27,6 +35,12 @@ Known differences from tshark (each one is deliberate, for speed and memory):
   SYN or FIN sent after 1000 unacknowledged segments (a one-way capture), never a data segment.
 * Wireshark analyses a fragmented IPv4 TCP segment on the frame that completes reassembly; we
   see the TCP header on the first fragment (the flow tracker decides whether to feed it).
+* On rare sequences tshark 4.0 labels a retransmission "fast" although the other side sent no
+  two duplicate ACKs by the rule above (seen only in random crafted traffic, e.g. a segment
+  that also ACKs data never captured). We label it a plain retransmission; it is in
+  ``retransmissions`` either way, so tcp.analysis.retransmission counts still match.
+* Times are float seconds; a difference within 0.5 µs of the 3 ms / 20 ms / RTT limits can be
+  judged differently from tshark's integer nanoseconds on nanosecond-resolution captures.
 * Packets whose TCP header is malformed (truncated, header length < 20) are not analysed; Wireshark
   analyses a header length < 20 but then stops dissecting that frame, so no label shows.
 """
@@ -37,6 +51,7 @@ from capture.packet import ACK, FIN, RST, SYN, ParsedPacket
 # --- events returned by update(); one bit per Wireshark tcp.analysis flag (TCP_A_*), plus ours.
 EV_RETRANSMISSION = 0x0001
 EV_LOST_SEGMENT = 0x0002           # tcp.analysis.lost_segment ("previous segment not captured")
+EV_ACKED_UNSEEN = 0x0004           # tcp.analysis.ack_lost_segment ("ACKed unseen segment")
 EV_KEEP_ALIVE = 0x0008
 EV_DUP_ACK = 0x0010
 EV_ZERO_WINDOW = 0x0020
@@ -72,6 +87,7 @@ EVENT_NAMES: dict[int, str] = {
     EV_WINDOW_UPDATE: "window_update",
     EV_WINDOW_FULL: "window_full",
     EV_LOST_SEGMENT: "lost_segment",
+    EV_ACKED_UNSEEN: "ack_lost_segment",
     EV_RST: "rst",
     EV_HANDSHAKE: "handshake",
     EV_CLOSED: "closed",
@@ -95,8 +111,13 @@ _M = 0xFFFFFFFF
 _HALF = 0x80000000
 _SFR = SYN | FIN | RST
 _SF = SYN | FIN
-_FAST_RTX_WINDOW = 0.020   # fast retransmission: within 20 ms of the last duplicate ACK
-_OOO_DEFAULT = 0.003       # out-of-order threshold without a handshake RTT: 3 ms
+#: Wireshark compares times in integer nanoseconds; ours are float epoch seconds (about 0.24 µs
+#: resolution), so "t < limit" is tested as "t < limit - _TIME_EPS". That is exact for captures
+#: with microsecond timestamps (true differences are whole µs); with nanosecond timestamps a
+#: difference within 0.5 µs of a limit may be judged differently from Wireshark.
+_TIME_EPS = 5e-7
+_FAST_RTX_WINDOW = 0.020 - _TIME_EPS   # fast retransmission: within 20 ms of the last dup ACK
+_OOO_DEFAULT = 0.003 - _TIME_EPS       # out-of-order limit without a handshake RTT: 3 ms
 #: parser messages for frames whose TCP header could not be read (then: no analysis)
 _BAD_TCP_HEADER = ("truncated TCP header", "bad TCP header length", "truncated TCP options")
 
@@ -104,18 +125,21 @@ _BAD_TCP_HEADER = ("truncated TCP header", "bad TCP header length", "truncated T
 class _Half:
     """What one direction has sent (Wireshark's tcp_flow_t + tcp_analyze_seq_flow_info_t)."""
 
-    __slots__ = ("base_set", "base_seq", "nextseq", "nextseqtime", "lastack", "lastacktime",
-                 "window", "win_scale", "dupacks", "lastflags", "fin_end", "fin_acked")
+    __slots__ = ("base_set", "base_seq", "nextseq", "nextseqtime", "maxseqtobeacked", "lastack",
+                 "lastacktime", "window", "win_scale", "dupacks", "lastflags", "fin_end",
+                 "fin_acked")
 
     def __init__(self) -> None:
         self.base_set = False
         self.base_seq = 0
         self.nextseq = 0          # highest seq+len(+SYN/FIN) seen; 0 = none yet (as Wireshark)
         self.nextseqtime = 0.0
+        self.maxseqtobeacked = 0  # end of the contiguous data seen; 0 = none yet
         self.lastack = 0          # ack field of the last segment (also without the ACK flag)
         self.lastacktime = 0.0
         self.window = _M          # unscaled window of the last segment; G_MAXUINT32 = unknown
         self.win_scale = -1       # -1 unknown, -2 known unused, else the shift
+        #: duplicate ACKs in a row from this direction (reset when its ACK number changes)
         self.dupacks = 0
         self.lastflags = 0        # events of this direction's last segment
         self.fin_end = -1         # sequence number just after our FIN, -1 = no FIN sent
@@ -130,7 +154,8 @@ class TcpConnection:
     of the first packet).
     """
 
-    __slots__ = ("_a", "_b", "_syn_ts", "_steady", "state", "handshake_rtt", "closed", "packets",
+    __slots__ = ("_a", "_b", "_syn_ts", "_steady", "_ooo_limit", "state", "handshake_rtt",
+                 "closed", "packets",
                  "retransmissions", "fast_retransmissions", "spurious_retransmissions",
                  "out_of_order", "dup_acks", "zero_windows", "zero_window_probes", "keep_alives",
                  "window_updates", "window_full", "lost_segments", "resets")
@@ -141,6 +166,8 @@ class TcpConnection:
         self._syn_ts = 0.0         # time of the most recent SYN (Wireshark's ts_mru_syn)
         #: ESTABLISHED/MIDSTREAM with no FIN yet: a packet without SYN/FIN/RST changes no state
         self._steady = False
+        #: out-of-order limit: the handshake RTT once known, else 3 ms (Wireshark's ooo_thres)
+        self._ooo_limit = _OOO_DEFAULT
         self.state: str = NEW
         #: seconds from the (last) SYN to the first ACK without SYN (tcp.analysis.initial_rtt)
         self.handshake_rtt: float | None = None
@@ -237,31 +264,39 @@ class TcpConnection:
         if ack != fwd.lastack:
             fwd.dupacks = 0
 
+        # ACKed unseen segment: this ACK covers data of the other side we never saw
+        mx = rev.maxseqtobeacked
+        if mx and flags & ACK and ((mx - ack) & _M) >= _HALF:
+            rev.maxseqtobeacked = rev.nextseq
+            ev |= EV_ACKED_UNSEEN
+
         if (seglen or flags & _SF) and not ev & EV_KEEP_ALIVE:
             # LT_SEQ(seq, nextseq); a segment of >1 byte starting one before nextseq carries
             # new data after a zero-window probe, so it is not "not advanced"
             not_adv = bool(nextseq) and ((seq - nextseq) & _M) >= _HALF
             if seglen > 1 and (nextseq - 1) & _M == seq:
                 not_adv = False
-            t = now - rev.lastacktime
-            if not_adv and rev.dupacks >= 2 and rev.lastack == seq and 0.0 <= t < _FAST_RTX_WINDOW:
+            # data the other side has already acknowledged: LE_SEQ(seq + seglen, rev.lastack)
+            if seglen and rev.lastack and (
+                    (d := (seq + seglen - rev.lastack) & _M) == 0 or d >= _HALF):
+                ev |= EV_SPURIOUS_RETRANSMISSION
+            elif not_adv and rev.dupacks >= 2 and rev.lastack == seq \
+                    and 0.0 <= now - rev.lastacktime < _FAST_RTX_WINDOW:
                 ev |= EV_FAST_RETRANSMISSION
-            else:
-                t = now - fwd.nextseqtime
-                thres = self.handshake_rtt or _OOO_DEFAULT
-                if not_adv and 0.0 <= t < thres and nextseq != (seq + seglen) & _M:
-                    ev |= EV_OUT_OF_ORDER
-                elif seglen and rev.lastack and (
-                        (d := (seq + seglen - rev.lastack) & _M) == 0 or d >= _HALF):
-                    ev |= EV_SPURIOUS_RETRANSMISSION
-                elif not_adv:
-                    ev |= EV_RETRANSMISSION
+            elif not_adv and 0.0 <= now - fwd.nextseqtime < self._ooo_limit \
+                    and nextseq != (seq + seglen + (1 if flags & _SF else 0)) & _M:
+                ev |= EV_OUT_OF_ORDER
+            elif not_adv:
+                ev |= EV_RETRANSMISSION
 
         nxt = seq + seglen + 1 if flags & _SF else seq + seglen
         nxt &= _M
         if (not nextseq or ((nextseq - nxt) & _M) >= _HALF) and not ev & EV_ZERO_WINDOW_PROBE:
             fwd.nextseq = nxt
             fwd.nextseqtime = now
+        mx = fwd.maxseqtobeacked
+        if (seq == mx or not mx) and not ev & EV_ZERO_WINDOW_PROBE:
+            fwd.maxseqtobeacked = fwd.nextseq
         fwd.window = window
         fwd.lastack = ack
         fwd.lastacktime = now
@@ -280,7 +315,9 @@ class TcpConnection:
             if not flags & ACK:
                 self._syn_ts = now
         elif flags & ACK and self._syn_ts and not self.handshake_rtt:
-            self.handshake_rtt = now - self._syn_ts
+            rtt = self.handshake_rtt = now - self._syn_ts
+            if rtt:
+                self._ooo_limit = rtt - _TIME_EPS
             ev |= EV_HANDSHAKE
 
         if ev:
