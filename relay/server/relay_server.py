@@ -195,6 +195,7 @@ class RelayServer:
 
             pending_ip = ""
             admitted = False
+            reached = False
 
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 super().connection_made(transport)
@@ -209,7 +210,10 @@ class RelayServer:
                     self.admitted = True
 
             def connection_lost(self, exc: Exception | None) -> None:
-                if getattr(self, "admitted", False):
+                if self.admitted and self.pending_ip and not self.reached:
+                    # idle or broken before the WebSocket upgrade finished (open_timeout)
+                    relay._reject("handshake", f"{self.pending_ip}: no WebSocket upgrade", throttle=True)
+                if self.admitted:
                     relay.admission.closed(self.pending_ip or "?", bool(self.pending_ip))
                     self.pending_ip = ""
                 super().connection_lost(exc)
@@ -265,6 +269,7 @@ class RelayServer:
 
     # ---- one connection ----------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
+        ws.reached = True  # type: ignore[attr-defined]
         peer = ws.remote_address
         address = f"{peer[0]}:{peer[1]}" if peer else "?"
         hello = await self._authenticate(ws, address)
