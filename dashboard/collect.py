@@ -101,3 +101,18 @@ def dns_rcodes(dns: Any) -> Counter | None:
         elif r.get("unanswered"):
             c["(unanswered)"] += 1
     return c
+
+
+# ---- Paths view (tracking/path.py) -----------------------------------------------------------
+#: hop addresses looked up per tick at most (names, owners and locations of the hops)
+PATH_LOOKUPS = 300
+
+
+def path_endpoints(enricher: Any, snapshot: Any) -> dict[str, dict[str, Any]]:
+    """Enrichment (fqdn, asn, as_org, country, city) of every hop address in a PathsSnapshot."""
+    ips: dict[str, None] = {}
+    for d in getattr(snapshot, "destinations", ()):
+        ips[d.target] = None
+        for h in d.hops:
+            ips.update(dict.fromkeys(h.addresses))
+    return {ip: sources.endpoint(enricher, ip) for ip in list(ips)[:PATH_LOOKUPS]}

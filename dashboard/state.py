@@ -346,6 +346,11 @@ class StateBuilder:
         elif view == "paths":
             tracer = getattr(comps, "paths", None) or getattr(self.rt, "tracer", None)
             comp("paths", tracer)
+            # hop names/owners/locations are joined here, above tracking/ (see collect.py)
+            if data.get("paths") is not None and comps.enricher is not None:
+                snap = data["paths"]
+                comp("path_endpoints", comps.enricher, lambda: self._cached(
+                    "path_endpoints", vs, lambda: collect.path_endpoints(comps.enricher, snap)))
         elif view == "relay":
             relay = getattr(self.rt, "relay", None)
             comp("relay", relay)
