@@ -362,24 +362,24 @@ class PathTracer:
         t = self._targets
         if not t:
             return False
-        ids = self.ids
         q = pkt.quoted
-        if q is not None:
-            if q.dst_ip not in t:
-                return False
-            if q.proto == PROTO_ICMP or q.proto == PROTO_ICMPV6:
-                return q.icmp_id == ids.icmp_id
-            return q.sport == ids.sport
-        p = pkt.proto
-        if pkt.dst_ip in t:
-            if p == PROTO_TCP or p == PROTO_UDP:
-                return pkt.sport == ids.sport
-            return (p == PROTO_ICMP or p == PROTO_ICMPV6) and pkt.icmp_id == ids.icmp_id
-        if pkt.src_ip in t:
-            if p == PROTO_TCP:
-                return pkt.dport == ids.sport
-            return (p == PROTO_ICMP or p == PROTO_ICMPV6) and pkt.icmp_id == ids.icmp_id
-        return False
+        if q is None:
+            if pkt.dst_ip in t:
+                p = pkt.proto
+                if p == PROTO_TCP or p == PROTO_UDP:
+                    return pkt.sport == self.ids.sport
+                return (p == PROTO_ICMP or p == PROTO_ICMPV6) and pkt.icmp_id == self.ids.icmp_id
+            if pkt.src_ip in t:
+                p = pkt.proto
+                if p == PROTO_TCP:
+                    return pkt.dport == self.ids.sport
+                return (p == PROTO_ICMP or p == PROTO_ICMPV6) and pkt.icmp_id == self.ids.icmp_id
+            return False
+        if q.dst_ip not in t:
+            return False
+        if q.proto == PROTO_ICMP or q.proto == PROTO_ICMPV6:
+            return q.icmp_id == self.ids.icmp_id
+        return q.sport == self.ids.sport
 
     @property
     def running(self) -> bool:
