@@ -100,6 +100,9 @@ class QuotedHeader:
 class ParsedPacket:
     """One frame, decoded from raw bytes by :func:`capture.parser.parse`.
 
+    Field order matters: the parser's fast path builds records positionally, so new fields
+    go at the end (tests/test_parser_fastpath.py catches a mismatch).
+
     Fields that a frame does not carry keep their defaults (0, None, "").
     ``wire_len`` is the length on the wire (tshark's ``frame.len``), which is what
     byte counters use; ``cap_len`` is what was captured.

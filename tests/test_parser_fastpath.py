@@ -1,0 +1,67 @@
+"""The parser's fast path (plain Ethernet/IPv4/IPv6 + TCP/UDP) must decode exactly like the
+general path: same record, field for field, on every real capture and on damaged variants."""
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+from capture.errors import CaptureFileError
+from capture.parser import parse, parse_general
+from capture.reader import CaptureFile
+from tests.conftest import CAPTURE_FILES
+
+
+def _frames(path: Path) -> list:
+    try:
+        return list(CaptureFile(path))
+    except CaptureFileError:  # damaged on purpose: the reader tests cover those
+        return []
+
+
+@pytest.mark.parametrize("path", CAPTURE_FILES, ids=lambda p: p.name)
+def test_fast_path_equals_general_path_on_real_captures(path: Path) -> None:
+    frames = _frames(path)
+    for i, f in enumerate(frames, 1):
+        fast = parse(f.data, f.linktype, f.ts, f.wire_len, f.iface)
+        slow = parse_general(f.data, f.linktype, f.ts, f.wire_len, f.iface)
+        assert fast == slow, f"{path.name} frame {i}"
+
+
+def _tcp4(flags: int = 0x18, payload: bytes = b"hello", tos: int = 0, frag: int = 0x4000,
+          doff: int = 5, opts: bytes = b"", vlan: bool = False) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", 40000, 443, 1, 2, doff << 4 | 1, flags, 1000, 0, 0) + opts
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(tcp) + len(payload), 7, frag, 64, 6,
+                     0, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    eth = b"\x02" * 6 + b"\x04" * 6
+    eth += struct.pack("!HHH", 0x8100, 0x2005, 0x0800) if vlan else b"\x08\x00"
+    return eth + ip + tcp + payload
+
+
+def _udp6(payload: bytes = b"x" * 20, ulen: int | None = None, tclass: int = 0) -> bytes:
+    udp = struct.pack("!HHHH", 5353, 5353, 8 + len(payload) if ulen is None else ulen, 0)
+    ip = struct.pack("!IHBB16s16s", 6 << 28 | tclass << 20, len(udp) + len(payload), 17, 255,
+                     b"\xfe\x80" + b"\x00" * 13 + b"\x01", b"\xff\x02" + b"\x00" * 13 + b"\xfb")
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip + udp + payload
+
+
+def test_fast_path_equals_general_path_on_mutated_frames() -> None:
+    seeds = [_tcp4(), _tcp4(tos=0xB9, frag=0), _tcp4(doff=8, opts=b"\x01\x01\x08\x0a" + b"\x00" * 8),
+             _tcp4(vlan=True), _tcp4(frag=0x8000), _tcp4(doff=15), _udp6(), _udp6(ulen=3),
+             _udp6(ulen=2000, tclass=0x2E)]
+    rnd = random.Random(7)
+    checked = 0
+    for seed in seeds:
+        variants = [seed, seed[:54], seed[:60], seed + b"\x00" * 6]
+        for _ in range(300):
+            b = bytearray(seed)
+            for _ in range(rnd.randint(1, 3)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+            variants.append(bytes(b[:rnd.randint(40, len(b))] if rnd.random() < 0.3 else b))
+        for v in variants:
+            for wire_len in (None, len(v) + 100):
+                assert parse(v, 1, 1.5, wire_len) == parse_general(v, 1, 1.5, wire_len), v.hex()
+                checked += 1
+    assert checked > 1000
