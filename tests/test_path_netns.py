@@ -54,8 +54,10 @@ def chain() -> Iterator[None]:
             subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
         for n in NS:
             sh("ip", "link", "set", "lo", "up", ns=n)
+            # no duplicate address detection: link-local addresses (neighbour discovery) work at once
             sh("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
-               "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0", ns=n)
+               "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0",
+               "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", ns=n)
             if n.startswith("R"):
                 sh("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", ns=n)
         for n1, d1, n2, d2, k in LINKS:
@@ -253,8 +255,8 @@ def test_delay_and_loss_on_one_link_show_at_the_hop_behind_it(net: None) -> None
         # the routers before the link: no loss, sub-millisecond RTTs
         for h in (r1, r2):
             assert h["loss_pct"] == 0.0 and h["avg_ms"] < 10, h
-        # behind it: 30% of probes lost (60 probes: about +-6%), 50 ms more
-        assert 12.0 <= b["loss_pct"] <= 50.0, b
+        # behind it: 30% of probes lost (60 probes: one standard deviation is 6%), 50 ms more
+        assert 10.0 <= b["loss_pct"] <= 55.0, b
         assert 48.0 <= b["best_ms"] and 49.0 <= b["avg_ms"] <= 80.0, b
         assert b["addresses"] == [d["target"]] and b["is_destination"]
 

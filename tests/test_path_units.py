@@ -169,16 +169,19 @@ def test_hop_stats_match_mtr_columns() -> None:
 
 def test_route_memory_tells_loss_from_change() -> None:
     m = RouteMemory("b")
-    assert m.observe(("r1", "r2", "b"), 1.0) is None
-    assert m.observe(("r1", None, "b"), 2.0) is None          # a silent hop is loss
+    assert m.observe(("r1",), 0.5, complete=False) == (("r1",), None)   # nothing better known yet
+    assert m.observe(("r1", "r2", "b"), 1.0)[1] is not None              # first complete route
+    assert m.observe(("r1", None, "b"), 2.0) == (("r1", "r2", "b"), None)  # a silent hop is loss
+    assert m.observe(("r1", "r2"), 2.5, complete=False) == (None, None)  # so is a lost destination
     assert m.current == ("r1", "r2", "b")
-    c = m.observe(("r1", "r3", "b"), 3.0)
+    _, c = m.observe(("r1", "r3", "b"), 3.0)
     assert c is not None and c.old == ("r1", "r2", "b") and c.new == ("r1", "r3", "b")
     assert c.changed_hops == (2,)
-    c2 = m.observe(("r1", "r3", "x", "b"), 4.0)
+    _, c2 = m.observe(("r1", "r3", "x", "b"), 4.0)
     assert c2 is not None and c2.changed_hops == (3, 4)
     recs = {r.hops: r.times_seen for r in m.records()}
-    assert recs == {("r1", "r2", "b"): 2, ("r1", "r3", "b"): 1, ("r1", "r3", "x", "b"): 1}
+    assert recs == {("r1",): 1, ("r1", "r2", "b"): 2, ("r1", "r3", "b"): 1,
+                    ("r1", "r3", "x", "b"): 1}
 
 
 def _snapshot(fqdn: str = "r2.example.net") -> tuple[PathsSnapshot, dict]:
@@ -187,7 +190,7 @@ def _snapshot(fqdn: str = "r2.example.net") -> tuple[PathsSnapshot, dict]:
     b.lost()
     b.answered("10.0.0.9", 20.0, DEST)
     memory = RouteMemory("10.0.0.9")
-    memory.observe(("10.0.0.1", "10.0.0.9"), time.time() - 5)
+    memory.observe(("10.0.0.1", "10.0.0.9"), time.time() - 5)  # (route, change)
     memory.observe(("10.0.0.3", "10.0.0.9"), time.time())
     d = DestinationPath("10.0.0.9", "host.example", 4, "icmp", None, "running", "", 2, True, 2,
                         (a.freeze(False), b.freeze(True)), memory.current or (), memory.records(),

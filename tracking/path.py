@@ -86,7 +86,8 @@ class RoundResult:
     started: float            # wall clock
     finished: float
     reached: bool
-    #: this round's route (silent hops filled from the current route)
+    #: this round's route (silent hops filled from the current route); empty when the round
+    #: was not counted as a route (destination not reached)
     route: tuple[str | None, ...]
     #: cumulative hop table after this round
     hops: tuple[HopRow, ...]
@@ -643,12 +644,13 @@ class PathTracer:
         last = d.terminal or max(d.round_obs, default=0)
         observed = tuple(max(d.round_obs[t].items(), key=lambda kv: kv[1])[0]
                          if t in d.round_obs else None for t in range(1, last + 1))
-        change = d.memory.observe(observed, d.last_round) if d.round_obs else None
+        route, change = d.memory.observe(observed, d.last_round, d.round_terminal) \
+            if d.round_obs else (None, None)
         if d.rounds_limit is not None and d.rounds_done >= d.rounds_limit:
             d.state = "done"
         d.next_round_at = max(now, d.round_started + self.interval)
         result = RoundResult(d.target, d.name, d.method, d.round_no, d.round_wall, d.last_round,
-                             d.round_terminal, d.memory.current or (),
+                             d.round_terminal, route or (),
                              d.freeze(None).hops, tuple(d.samples), change)
         self._done.notify_all()
         if change is not None:

@@ -47,6 +47,7 @@ class RouteMemory:
         self.current: Route | None = None
         self._patterns: dict[Route, _Pattern] = {}
         self.changes: deque[RouteChange] = deque(maxlen=max_changes)
+        self._complete_seen = False
 
     def seed(self, patterns: Sequence[RouteRecord], changes: Sequence[RouteChange] = ()) -> None:
         """Start from stored history (newest pattern = the current route)."""
@@ -54,11 +55,23 @@ class RouteMemory:
             self._patterns[tuple(r.hops)] = _Pattern(tuple(r.hops), r.first_seen, r.last_seen,
                                                      r.times_seen)
             self.current = tuple(r.hops)
+            self._complete_seen = True
         for c in sorted(changes, key=lambda c: c.ts):
             self.changes.append(c)
 
-    def observe(self, observed: Sequence[str | None], ts: float) -> RouteChange | None:
-        """Count one round's route; returns the change when it differs from the current one."""
+    def observe(self, observed: Sequence[str | None], ts: float,
+                complete: bool = True) -> tuple[Route | None, RouteChange | None]:
+        """Count one round's route: (the route counted or None, the change if it is one).
+
+        ``complete`` says the round reached the destination. Once a complete route is known,
+        incomplete rounds (the destination or the hops before it silent) are loss, not routes,
+        and so is an incomplete round shorter than the current route.
+        """
+        if not complete and (self._complete_seen or (
+                self.current is not None and len(observed) < len(self.current))):
+            return None, None
+        if complete:
+            self._complete_seen = True
         route = merge_round(self.current, observed)
         p = self._patterns.get(route)
         if p is None:
@@ -72,10 +85,10 @@ class RouteMemory:
         old = self.current
         self.current = route
         if old is None or old == route:
-            return None
+            return route, None
         change = RouteChange(self.target, ts, old, route, changed_hops(old, route))
         self.changes.append(change)
-        return change
+        return route, change
 
     def records(self) -> tuple[RouteRecord, ...]:
         """Distinct routes, most recently seen first."""
