@@ -32,39 +32,41 @@ class PacketRing:
     """Bounded FIFO of (packet, flow) references; call :meth:`add` from the pipeline thread.
 
     Args:
-        max_frames: frames kept at most (0 disables the ring).
+        max_frames: frames kept at most.
         max_bytes: estimated memory the kept frames may hold.
         lock: the lock the pipeline holds while it calls :meth:`add` (the flow table's); readers
             take it to copy the ring.
     """
 
-    __slots__ = ("max_frames", "max_bytes", "lock", "_pkts", "_flows", "_bytes", "added",
-                 "evicted")
+    __slots__ = ("max_frames", "max_bytes", "lock", "_pkts", "_flows", "_bytes", "evicted")
 
     def __init__(self, max_frames: int = DEFAULT_FRAMES, max_bytes: int = DEFAULT_MB * 1024 * 1024,
                  lock: Any = None) -> None:
-        self.max_frames = max(0, int(max_frames))
+        self.max_frames = max(1, int(max_frames))
         self.max_bytes = max(0, int(max_bytes))
         self.lock = lock
-        self._pkts: deque[ParsedPacket] = deque()
-        self._flows: deque[Any] = deque()
+        # Both deques drop their oldest entry on their own (maxlen) when the count is reached,
+        # in step, since every add appends to both.
+        self._pkts: deque[ParsedPacket] = deque(maxlen=self.max_frames)
+        self._flows: deque[Any] = deque(maxlen=self.max_frames)
         self._bytes = 0
-        self.added = 0
+        #: frames dropped for the byte bound (the count bound drops silently inside the deque)
         self.evicted = 0
 
     # ---- hot path: a flow stage --------------------------------------------------------------
     def add(self, pkt: ParsedPacket, flow: Any, forward: bool) -> None:
         pkts = self._pkts
+        if len(pkts) == self.max_frames:           # the append below pushes out the oldest
+            self._bytes -= len(pkts[0].data) + ENTRY_OVERHEAD
         pkts.append(pkt)
         self._flows.append(flow)
         self._bytes += len(pkt.data) + ENTRY_OVERHEAD
-        self.added += 1
-        if len(pkts) > self.max_frames or self._bytes > self.max_bytes:
+        if self._bytes > self.max_bytes:
             self._trim()
 
     def _trim(self) -> None:
         pkts, flows = self._pkts, self._flows
-        while pkts and (len(pkts) > self.max_frames or self._bytes > self.max_bytes):
+        while pkts and self._bytes > self.max_bytes:
             old = pkts.popleft()
             flows.popleft()
             self._bytes -= len(old.data) + ENTRY_OVERHEAD
@@ -107,8 +109,8 @@ class PacketRing:
         return pkts[0].ts if pkts else None
 
     def stats(self) -> dict[str, int]:
-        return {"frames": len(self._pkts), "bytes": self._bytes, "added": self.added,
-                "evicted": self.evicted, "max_frames": self.max_frames,
+        return {"frames": len(self._pkts), "bytes": self._bytes, "evicted_for_bytes": self.evicted,
+                "max_frames": self.max_frames,
                 "max_bytes": self.max_bytes}
 
 
