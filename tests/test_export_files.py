@@ -207,3 +207,15 @@ def test_export_error_is_shown_not_raised(monkeypatch):
     finally:
         rt.shutdown()
         rt.close()
+
+
+def test_dpi_panel_lists_devices_with_the_selection_first(android):
+    from dashboard.panels.dpi import devices_table
+    devs = android.document()["devices"]
+    assert len(devs) >= 2
+    quiet = min(devs, key=lambda d: d["packets"])
+    console = Console(record=True, width=160, file=io.StringIO(), color_system=None)
+    console.print(devices_table(devs, frozenset(quiet["ips"][:1]), limit=1))
+    text = console.export_text()
+    assert f"Devices ({len(devs)})" in text and quiet["mac"] in text
+    assert (quiet["vendor"] or "")[:10] in text

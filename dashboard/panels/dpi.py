@@ -1,11 +1,13 @@
 """View 7, DPI: OS fingerprints, TLS SNI/JA3/JA4, HTTP hosts, application protocols, anomaly scores.
 
-Data: ``dpi`` (tallies from dashboard.collect.dpi_facts over all or the selected flows).
+Data: ``dpi`` (tallies from dashboard.collect.dpi_facts over all or the selected flows);
+``devices`` (optional: the device inventory's rows, export.devices.device_section).
 """
 from __future__ import annotations
 
 from rich.columns import Columns
 from rich.console import Group, RenderableType
+from rich.table import Table
 from rich.text import Text
 
 from dashboard.panels._common import scope
@@ -32,5 +34,21 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
         an.add_row(str(score), net_text(key, 60), net_text(", ".join(reasons), 80))
     if not d["anomalies"]:
         an.add_row("", Text("no anomalies", style="green"), "")
+    extra = [an]
+    devs = state.data.get("devices")
+    if devs:
+        extra.append(devices_table(devs, state.data.get("selected_ips"), n))
     return Group(head, Text(f"{d['inspected']} flows inspected", style="dim"),
-                 Columns(parts + [an], padding=(0, 2)))
+                 Columns(parts + extra, padding=(0, 2)))
+
+
+def devices_table(devices: list[dict], selected_ips: frozenset[str] | None, limit: int) -> Table:
+    """Hosts on the local segment (passive inventory), busiest first; the selection's first."""
+    rows = sorted(devices, key=lambda d: (not (selected_ips and set(d.get("ips") or ()) &
+                                              selected_ips), -(d.get("packets") or 0)))
+    t = table(f"Devices ({len(devices)})", "MAC / vendor", "IP", "name", "OS", "role")
+    for d in rows[:limit]:
+        t.add_row(net_text(f"{d['mac']} {d.get('vendor') or ''}", 36),
+                  net_text(", ".join(d.get("ips") or ()), 30), net_text(d.get("hostname") or "", 24),
+                  net_text(d.get("os") or "", 16), net_text(d.get("role") or "", 10))
+    return t
