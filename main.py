@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--session", type=int, metavar="N", help="open or export stored session N")
     paths = p.add_argument_group("paths")
     paths.add_argument("-t", "--trace", metavar="HOST", action="append", help="traceroute to HOST at start")
-    paths.add_argument("--rounds", type=int, default=0, help="with -t --no-ui: rounds of probes")
+    paths.add_argument("--rounds", type=int, default=0, help="with -t --no-ui: rounds of probes (like mtr --report)")
+    paths.add_argument("--trace-method", choices=("icmp", "udp", "tcp"), help="probe type (default icmp)")
+    paths.add_argument("--trace-port", type=int, metavar="PORT", help="destination port for udp/tcp probes")
+    from export.ipfix import add_arguments as add_ipfix_arguments
+    add_ipfix_arguments(p)
     misc = p.add_argument_group("misc")
     misc.add_argument("--config", metavar="PATH", help="TOML config file")
     misc.add_argument("--log-file", metavar="PATH", help="log file (default ~/.packettracer/packettracer.log)")
@@ -155,6 +159,25 @@ def history_cmd(args: argparse.Namespace, settings: config.Settings) -> int:
         pool.close()
 
 
+def trace_report_cmd(args: argparse.Namespace) -> int:
+    """-t HOST --no-ui [--rounds N]: a hop table like ``mtr --report``, no capture."""
+    from export.json_exporter import write_json
+    from tracking.path_report import format_report, run_report
+    if os.geteuid() != 0:
+        print("packettracer: traceroute needs root for raw sockets: run with sudo", file=sys.stderr)
+        return EXIT_ERROR
+    res = run_report(args.trace, rounds=args.rounds or 10, method=args.trace_method or "icmp",
+                     port=args.trace_port)
+    sys.stdout.write(format_report(res))
+    if args.export_json:
+        write_json({"meta": {"schema": 1, "version": config.VERSION, "source": "traceroute"},
+                    "flows": [], "paths": res}, args.export_json)
+    if res["errors"] and not res["destinations"]:
+        print(f"packettracer: {res['errors'][0]}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -168,6 +191,8 @@ def run(argv: list[str] | None = None) -> int:
         return list_interfaces_cmd()
     if args.sessions or args.session is not None:
         return history_cmd(args, settings)
+    if args.trace and args.no_ui and not args.read and not args.interface:
+        return trace_report_cmd(args)
     if args.realtime and not args.read:
         print("packettracer: --realtime needs -r FILE", file=sys.stderr)
         return EXIT_USAGE

@@ -61,6 +61,51 @@ class Runtime:
         self.recorder: SessionRecorder | None = None
         if settings.DB_ENABLED:
             self._open_database()
+        self._build_paths()
+        self.pipeline.exclude = self._own_traffic_filter()
+
+    def _build_paths(self) -> None:
+        """The traceroute engine (Paths view, -t): database-backed when a session is stored."""
+        from tracking.db_path import DBPathTracer
+        from tracking.path import PathTracer
+        a = self.args
+        comp = self.components
+        kwargs: dict[str, Any] = dict(
+            method=getattr(a, "trace_method", None) or "icmp",
+            port=getattr(a, "trace_port", None), passive_hops=comp.hops.hops,
+            on_route_change=self._route_change_alert)
+        if self.recorder is not None:
+            comp.paths = DBPathTracer(self.pool, writer=self.recorder.writer,
+                                      session_id=self.recorder.session_id, **kwargs)
+        else:
+            comp.paths = PathTracer(**kwargs)
+        comp.on_close.insert(0, comp.paths.stop)
+
+    def _route_change_alert(self, change: Any) -> None:
+        sec = self.components.security
+        if sec is None:
+            return
+        hops = ", ".join(str(h) for h in change.changed_hops)
+        sec.engine.raise_alert("route_change", "info", "", change.target,
+                               f"route to {change.target} changed at hop {hops}",
+                               evidence=change.as_dict())
+
+    def _own_traffic_filter(self) -> Callable[[Any], bool] | None:
+        """Leave our own probes and resolver queries out of flows and statistics."""
+        paths = self.components.paths
+        enricher = self.components.enricher
+        own_probe = paths.own_probe if paths is not None else None
+        own_ports = enricher.own_local_ports if enricher is not None else None
+
+        def exclude(pkt: Any) -> bool:
+            if own_probe is not None and own_probe(pkt):
+                return True
+            if own_ports is not None and pkt.sport:
+                ports = own_ports()
+                return bool(ports) and (pkt.sport in ports or pkt.dport in ports)
+            return False
+
+        return exclude
 
     def _open_database(self) -> None:
         """Open the database and start this run's session; failures are one-line errors."""
@@ -112,6 +157,7 @@ class Runtime:
     # ---- running -----------------------------------------------------------------------------
     def start_capture(self) -> None:
         assert self.source is not None
+        self.start_traces()
         self._worker = threading.Thread(target=self._capture_loop, name="pipeline", daemon=True)
         self._worker.start()
         # The source's reader thread has its own stop flag; relay ours to it, whoever sets it
@@ -121,6 +167,16 @@ class Runtime:
             t = threading.Timer(self.args.duration, self.stop.set)
             t.daemon = True
             t.start()
+
+    def start_traces(self) -> None:
+        """-t HOST: keep tracing each target while the run lasts (like mtr)."""
+        from tracking.path import TraceTargetError
+        paths = self.components.paths
+        for target in getattr(self.args, "trace", None) or []:
+            try:
+                paths.request(target)
+            except TraceTargetError as exc:
+                raise RuntimeError_(str(exc)) from None
 
     def _relay_stop(self) -> None:
         self.stop.wait()
@@ -275,6 +331,7 @@ class Components:
     security: Any = None
     tcp_totals_fn: Callable[[], dict[str, Any]] | None = None
     enricher: Any = None
+    paths: Any = None
     # export wiring (export/): device inventory, packet ring for -w of selected flows, IPFIX
     devices: Any = None
     packet_ring: Any = None
@@ -300,6 +357,10 @@ class Components:
         out: dict[str, Any] = {}
         if self.security is not None:
             out["alerts"] = [a.to_dict() for a in self.security.engine.alerts()]
+        if self.paths is not None:
+            snap = self.paths.snapshot()
+            if snap.destinations:
+                out["paths"] = snap.as_dict()
         if self.devices is not None:
             from export.devices import device_section
             out["devices"] = device_section(self.devices, self.devices_lock)

@@ -146,6 +146,39 @@ def trace(vs: ViewState, ctx: Context, arg: str) -> None:
     vs.message = f"traceroute to {dst} started: see view 2"
 
 
+def _tracer(ctx: Context) -> Any:
+    return getattr(ctx.runtime.components, "paths", None)
+
+
+def paths_trace_selected(vs: ViewState, ctx: Context, arg: str) -> None:
+    """Paths `s`: trace the destinations of the flows selected in Traffic."""
+    tracer = _tracer(ctx)
+    if tracer is None:
+        vs.message = "traceroute: not available (no path tracer)"
+        return
+    dests = sorted({k.split("|")[3] for k in vs.selected if k.count("|") >= 4})
+    if not dests:
+        vs.message = "select flows in view 1 (Space) first, then press s here"
+        return
+    for d in dests:
+        tracer.request(d)
+    vs.message = f"tracing {len(dests)} destination(s): {', '.join(dests[:4])}"
+
+
+def paths_reset(vs: ViewState, ctx: Context, arg: str) -> None:
+    tracer = _tracer(ctx)
+    if tracer is not None:
+        tracer.reset()
+        vs.message = "hop statistics reset"
+
+
+def paths_clear(vs: ViewState, ctx: Context, arg: str) -> None:
+    tracer = _tracer(ctx)
+    if tracer is not None:
+        tracer.clear()
+        vs.message = "traces cleared"
+
+
 def _scope(vs: ViewState, ctx: Context) -> Any:
     from dashboard import sources
     from export.view_export import ViewScope
@@ -254,7 +287,8 @@ ACTIONS: dict[str, Action] = {
     "move": move, "page": page, "edge": edge, "select": select, "select_all": select_all,
     "clear": clear, "prompt": prompt, "proto_cycle": proto_cycle, "sort_cycle": sort_cycle,
     "ports_sort": ports_sort, "destinations": destinations, "local": local, "detail": detail,
-    "trace": trace, "ack": ack, "ack_all": ack_all, "view": view, "next_view": next_view,
+    "trace": trace, "paths_trace_selected": paths_trace_selected, "paths_reset": paths_reset,
+    "paths_clear": paths_clear, "ack": ack, "ack_all": ack_all, "view": view, "next_view": next_view,
     "prev_view": prev_view, "help": help_, "pause": pause, "quit": quit_, "escape": escape,
     "export": export, "save_packets": save_packets,
 }

@@ -55,6 +55,10 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("t",), "trace", "traceroute the flow's destination", ("traffic",)),
     Binding(("w",), "save_packets", "save the selected flows' packets (pcapng)", ("traffic",),
             footer=False),
+    # Paths (view-specific keys win over the global ones: r is Relay elsewhere)
+    Binding(("s",), "paths_trace_selected", "trace the selected flows' destinations", ("paths",)),
+    Binding(("r",), "paths_reset", "refresh: reset hop statistics", ("paths",)),
+    Binding(("c",), "paths_clear", "clear traces", ("paths",)),
     # Ports
     Binding(("s",), "ports_sort", "cycle sort bytes/packets/connections/rate", ("ports",)),
     # Alerts
