@@ -337,6 +337,11 @@ class StateBuilder:
         elif view == "dpi":
             comp("dpi", comps.inspector, lambda: self._cached(
                 "dpi", vs, lambda: collect.dpi_facts(comps.inspector, self._subset(flows, vs))))
+            devices = getattr(comps, "devices", None)
+            if devices is not None:
+                from export.devices import device_section
+                comp("devices", devices, lambda: self._cached(
+                    "devices", vs, lambda: device_section(devices, comps.devices_lock)))
         elif view == "alerts":
             sec = comps.security
             comp("security", sec)
