@@ -54,7 +54,8 @@ class SessionRecorder:
                  bpf: str, flows: FlowTracker,
                  row_for: Callable[[Flow], dict[str, Any]],
                  ports_rows: Callable[[], list[dict[str, Any]]] | None = None,
-                 dns_records: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+                 dns_records: Callable[[], list[dict[str, Any]]] | None = None,
+                 alert_changes: Callable[[], list[Any]] | None = None) -> None:
         self.pool = pool
         self.sessions = SessionRepository(pool)
         purged = self.sessions.purge_older_than(settings.DB_SESSION_RETENTION_DAYS)
@@ -68,6 +69,7 @@ class SessionRecorder:
         self.row_for = row_for
         self.ports_rows = ports_rows
         self.dns_records = dns_records
+        self.alert_changes = alert_changes
         self._dns_sent = 0
         self._last_flush = 0.0
         self._last_ports = 0.0
@@ -92,12 +94,16 @@ class SessionRecorder:
             if len(recs) > self._dns_sent:
                 self.writer.add_dns(sid, [_rename(r, DNS_TO_DB) for r in recs[self._dns_sent:]])
                 self._dns_sent = len(recs)
+        self._store_alerts()
         if self.ports_rows is not None and time.monotonic() - self._last_ports > 5.0:
             self._last_ports = time.monotonic()
             self.writer.upsert_ports(sid, [_rename(r, PORT_TO_DB) for r in self.ports_rows()])
 
-    def on_alert(self, alert: Any) -> None:
-        self.writer.add_alert(self.session_id, alert.to_dict())
+    def _store_alerts(self) -> None:
+        # New, repeated and acknowledged alerts since the last tick: one upsert per alert.
+        if self.alert_changes is not None:
+            for alert in self.alert_changes():
+                self.writer.add_alert(self.session_id, alert.to_dict())
 
     # ---- end of run --------------------------------------------------------------------------
     def close(self, packets: int, bytes_: int, flows: int, dropped: int) -> None:
@@ -105,6 +111,7 @@ class SessionRecorder:
         if self._closed:
             return
         self._closed = True
+        self._store_alerts()
         if self.ports_rows is not None:
             self.writer.upsert_ports(self.session_id,
                                      [_rename(r, PORT_TO_DB) for r in self.ports_rows()])

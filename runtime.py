@@ -119,15 +119,14 @@ class Runtime:
                 self.pool, self.settings, self.source_kind, self.source.description,
                 self.settings.CAPTURE_FILTER, self.flows, row_for=self.export_row,
                 ports_rows=comp.port_rows if comp.ports is not None else None,
-                dns_records=comp.dns_records if comp.dns is not None else None)
+                dns_records=comp.dns_records if comp.dns is not None else None,
+                alert_changes=comp.security.engine.take_changes if comp.security is not None else None)
         except DatabaseError as exc:
             self.pool.close()
             raise RuntimeError_(str(exc)) from None
         self.pipeline.periodic.append(self.recorder.on_tick)
         for hook in comp.on_database:
             hook(self.recorder.writer, self.pipeline.periodic)
-        if comp.security is not None:
-            comp.security.engine.add_listener(self.recorder.on_alert)
 
     @property
     def session_id(self) -> int | None:

@@ -165,3 +165,18 @@ def test_disk_full_keeps_capturing_in_memory(tmp_path: Path) -> None:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_alerts_are_stored_with_their_repeat_count(tmp_path: Path) -> None:
+    db = tmp_path / "data.db"
+    live = tmp_path / "live.json"
+    r = cli("-r", str(CAPTURES / "portscan-nmap-syn.pcapng"), "--no-ui", "--offline", "--db", str(db),
+            "--export-json", str(live), "--log-file", str(tmp_path / "l"))
+    assert r.returncode == 0, r.stderr
+    stored = tmp_path / "stored.json"
+    assert cli("--db", str(db), "--session", "1", "--export-json", str(stored)).returncode == 0
+    a = json.loads(live.read_text())["alerts"]
+    b = json.loads(stored.read_text())["alerts"]
+    assert [(x["rule_id"], x["src"], x["count"]) for x in a] == \
+        [(x["rule_id"], x["src"], x["count"]) for x in b]
+    assert a and a[0]["rule_id"] == "port_scan" and a[0]["src"] == "172.16.0.8"
