@@ -243,6 +243,9 @@ class FlowTracker:
     def _new_flow(self, pkt: ParsedPacket, key: tuple, src: str, sport: int, dst: str,
                   dport: int) -> tuple[Flow, bool]:
         proto = key[0]
+        if len(self._active) >= self.max_flows:
+            # Make room first, so the flow being created can never be the one evicted.
+            self._evict()
         # The initiator is the sender of a SYN; a SYN/ACK seen first means the other side began.
         if proto == PROTO_TCP and pkt.tcp_flags & (SYN | ACK) == SYN | ACK:
             src, sport, dst, dport = dst, dport, src, sport
@@ -261,8 +264,6 @@ class FlowTracker:
         self.total_flows += 1
         for cb in self.new_flow_listeners:
             cb(flow)
-        if len(self._active) > self.max_flows:
-            self._evict()
         return self._table[key]
 
     # ---- lifecycle ---------------------------------------------------------------------------
