@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--trace-method", choices=("icmp", "udp", "tcp"), help="probe type (default icmp)")
     paths.add_argument("--trace-port", type=int, metavar="PORT", help="destination port for udp/tcp probes")
     from export.ipfix import add_arguments as add_ipfix_arguments
+    from relay.cli import add_arguments as add_relay_arguments
     add_ipfix_arguments(p)
+    add_relay_arguments(p)
     misc = p.add_argument_group("misc")
     misc.add_argument("--config", metavar="PATH", help="TOML config file")
     misc.add_argument("--log-file", metavar="PATH", help="log file (default ~/.packettracer/packettracer.log)")
@@ -210,7 +212,15 @@ def run(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    from relay import cli as relay_cli
+    from relay.errors import RelayError
     from runtime import Runtime, RuntimeError_
+    if relay_cli.wants_relay(args):
+        try:
+            return relay_cli.run(args, settings, stop)
+        except (RelayError, CaptureError, RuntimeError_) as exc:
+            print(f"packettracer: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     try:
         rt = Runtime(settings, args, stop)
     except (CaptureError, RuntimeError_) as exc:
