@@ -215,7 +215,8 @@ def run(argv: list[str] | None = None) -> int:
     from relay import cli as relay_cli
     from relay.errors import RelayError
     from runtime import Runtime, RuntimeError_
-    if relay_cli.wants_relay(args):
+    embed_relay = bool(args.relay_server and not args.no_ui)
+    if relay_cli.wants_relay(args) and not embed_relay:
         try:
             return relay_cli.run(args, settings, stop)
         except (RelayError, CaptureError, RuntimeError_) as exc:
@@ -226,6 +227,17 @@ def run(argv: list[str] | None = None) -> int:
     except (CaptureError, RuntimeError_) as exc:
         print(f"packettracer: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    if embed_relay:
+        # The dashboard with a relay server inside: the Relay view shows the agents.
+        try:
+            server = relay_cli.build_server(args, settings)
+            server.start()
+        except RelayError as exc:
+            rt.close()
+            print(f"packettracer: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        rt.relay = server
+        rt.components.on_close.append(server.close)
     try:
         return rt.main()
     except (CaptureError, RuntimeError_) as exc:

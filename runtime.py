@@ -54,6 +54,8 @@ class Runtime:
                                  periodic=self.components.periodic)
         self._worker: threading.Thread | None = None
         self._finished = False
+        #: a relay server embedded in the dashboard (main.py sets it with --relay-server)
+        self.relay: Any = None
         self._open_source()
         if args.write:
             self.pipeline.pcap_writer = PcapngWriter(args.write, settings.WRITE_MAX_MB)
