@@ -94,33 +94,52 @@ class Pipeline:
         stages = self.stages
         flow_stages = self.flow_stages
         exclude = self.exclude
+        track_inner = self.track_inner
+        _parse = parse
+        # Counters live in locals for the batch (attribute stores per packet add up) and are
+        # written back even if a stage raises.
+        packets = nbytes = excluded = 0
+        first_ts = c.first_ts
+        last_ts = c.last_ts
         with flows.lock:
-            for fr in frames:
-                pkt = parse(fr.data, fr.linktype, fr.ts, fr.wire_len, fr.iface)
-                if exclude is not None and exclude(pkt):
-                    c.excluded += 1
-                    continue
-                c.packets += 1
-                c.bytes += pkt.wire_len
-                if not c.first_ts:
-                    c.first_ts = pkt.ts
-                if pkt.ts > c.last_ts:
-                    c.last_ts = pkt.ts
-                if pkt.malformed:
-                    c.malformed += 1
-                    reasons = c.malformed_reasons
-                    reasons[pkt.malformed] = reasons.get(pkt.malformed, 0) + 1
-                for stage in stages:
-                    stage(pkt)
-                p: ParsedPacket | None = pkt
-                while p is not None:
-                    hit = fprocess(p)
-                    if hit is not None and flow_stages:
+            try:
+                for fr in frames:
+                    pkt = _parse(fr.data, fr.linktype, fr.ts, fr.wire_len, fr.iface)
+                    if exclude is not None and exclude(pkt):
+                        excluded += 1
+                        continue
+                    packets += 1
+                    nbytes += pkt.wire_len
+                    ts = pkt.ts
+                    if ts > last_ts:
+                        last_ts = ts
+                    if not first_ts:
+                        first_ts = ts
+                    if pkt.malformed:
+                        c.malformed += 1
+                        reasons = c.malformed_reasons
+                        reasons[pkt.malformed] = reasons.get(pkt.malformed, 0) + 1
+                    for stage in stages:
+                        stage(pkt)
+                    hit = fprocess(pkt)
+                    if hit is not None:
                         for fs in flow_stages:
-                            fs(p, hit[0], hit[1])
-                    p = p.inner if self.track_inner else None
-            if c.last_ts - self._last_tick >= 1.0:
-                self.tick(c.last_ts)
+                            fs(pkt, hit[0], hit[1])
+                    p = pkt.inner
+                    while p is not None and track_inner:
+                        hit = fprocess(p)
+                        if hit is not None:
+                            for fs in flow_stages:
+                                fs(p, hit[0], hit[1])
+                        p = p.inner
+            finally:
+                c.packets += packets
+                c.bytes += nbytes
+                c.excluded += excluded
+                c.first_ts = first_ts
+                c.last_ts = last_ts
+            if last_ts - self._last_tick >= 1.0:
+                self.tick(last_ts)
 
     def process_packet(self, pkt: ParsedPacket) -> None:
         """Feed one already-parsed packet (tests, relay)."""

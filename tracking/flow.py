@@ -178,12 +178,13 @@ class FlowTracker:
     # ---- hot path ----------------------------------------------------------------------------
     def process(self, pkt: ParsedPacket) -> tuple[Flow, bool] | None:
         """Account one packet; returns (flow, forward) or None for non-IP frames."""
-        proto = pkt.proto
         if not pkt.ip_version or pkt.malformed and not pkt.src_ip:
             return None
+        proto = pkt.proto
         src = pkt.src_ip
         dst = pkt.dst_ip
-        if pkt.is_fragment and pkt.frag_offset:
+        frag = pkt.is_fragment
+        if frag and pkt.frag_offset:
             fk = (src, dst, pkt.ip_id, proto)
             hit = self._frags.get(fk)
             if hit is None:
@@ -194,7 +195,7 @@ class FlowTracker:
             if not pkt.more_fragments:
                 self._frags.pop(fk, None)
             return hit
-        if proto in _PORTED:
+        if proto == PROTO_TCP or proto == PROTO_UDP or proto == PROTO_SCTP:
             sport = pkt.sport
             dport = pkt.dport
         elif proto in _ECHO_TYPES and pkt.icmp_type in _ECHO_TYPES[proto]:
@@ -205,20 +206,41 @@ class FlowTracker:
         hit = self._table.get(key)
         if hit is None:
             hit = self._new_flow(pkt, key, src, sport, dst, dport)
+            flow, fwd = hit
+            tcp = flow.tcp
         else:
-            flow = hit[0]
-            if flow.tcp is not None and pkt.tcp_flags & (SYN | ACK) == SYN and \
-                    flow.tcp.is_new_connection(pkt, hit[1]):
+            flow, fwd = hit
+            tcp = flow.tcp
+            if tcp is not None and pkt.tcp_flags & (SYN | ACK) == SYN and \
+                    tcp.is_new_connection(pkt, fwd):
                 # A SYN with a new initial sequence number starts a new connection on the same
                 # 5-tuple (tshark: a new tcp.stream); its sender is the new flow's initiator.
-                self._retire(flow, "closed" if flow.tcp.closed else "reused")
+                self._retire(flow, "closed" if tcp.closed else "reused")
                 hit = self._new_flow(pkt, key, src, sport, dst, dport)
-        flow, fwd = hit
-        self._account(flow, fwd, pkt)
-        if pkt.is_fragment:
+                flow, fwd = hit
+                tcp = flow.tcp
+        # _account, inlined: this runs for every packet
+        ts = pkt.ts
+        if fwd:
+            flow.packets_sent += 1
+            flow.bytes_sent += pkt.wire_len
+            flow.ttl_sent = pkt.ttl
+            flow.flags_sent |= pkt.tcp_flags
+        else:
+            flow.packets_recv += 1
+            flow.bytes_recv += pkt.wire_len
+            flow.ttl_recv = pkt.ttl
+            flow.flags_recv |= pkt.tcp_flags
+        if ts > flow.last_seen:
+            flow.last_seen = ts
+        if frag:  # a first fragment: no TCP analysis (its header may be cut), as in _account
             self._frags[(src, dst, pkt.ip_id, proto)] = hit
             if len(self._frags) > 4096:
                 self._frags.clear()
+        elif tcp is not None and proto == PROTO_TCP:
+            tcp.update(pkt, fwd)
+            if tcp.closed and not flow.closed_at:
+                flow.closed_at = ts or 1e-9
         return hit
 
     def _account(self, flow: Flow, fwd: bool, pkt: ParsedPacket) -> None:
