@@ -90,7 +90,7 @@ def test_every_view_keys_filter_sort_selection_resize_and_quit(pane: Pane, tmp_p
     qnames = {d["qname"] for d in truth["dns"] if d.get("qname")}
     hosts = {h["host"] for h in truth["http"] if h.get("host")}
     per_view = {
-        "2": lambda t: "no traceroute engine" in t,
+        "2": lambda t: "no traceroutes yet" in t and "Paths" in t,
         "3": lambda t: "Top destinations" in t and top["addr_b"] in t,
         "4": lambda t: "Encryption" in t and "Packet sizes" in t,
         "5": lambda t: "HTTP" in t and "Scan detection" in t,
