@@ -196,6 +196,14 @@ def _signature(proto: int, head: bytes, n: int) -> tuple[str, bool, bool] | None
 def _classify(proto: int, sport: int, dport: int, payload: bytes | memoryview,
               app_protocol: str | None) -> tuple[str, bool, bool]:
     """(category, encrypted, strong); strong = named by a signature or DPI, not just ports."""
+    n = len(payload)
+    return _classify_head(proto, sport, dport, bytes(payload[:260]) if n else b"", n,
+                          app_protocol)
+
+
+def _classify_head(proto: int, sport: int, dport: int, head: bytes, n: int,
+                   app_protocol: str | None) -> tuple[str, bool, bool]:
+    """:func:`_classify` given the payload's first 260 bytes ``head`` and its length ``n``."""
     if app_protocol:
         hit = _APP.get(app_protocol.lower())
         if hit is not None:
@@ -209,9 +217,8 @@ def _classify(proto: int, sport: int, dport: int, payload: bytes | memoryview,
         lo, hi = dport, sport
     base = proto << 16
     pc = _PORTS.get(base | lo) or _PORTS.get(base | hi)
-    n = len(payload)
     if n:
-        sig = _signature(proto, bytes(payload[:260]), n)
+        sig = _signature(proto, head, n)
         if sig is not None:
             cat, enc, strong = sig
             if cat == SECURE_WEB:                      # TLS / QUIC: encrypted whatever the port
@@ -275,17 +282,30 @@ class TrafficClassifier:
         """Pipeline flow stage: sets ``flow.classification``/``flow.encrypted`` in place.
 
         Looks at a flow's first ``inspect_packets`` packets; after that (or once a signature
-        named the flow) it returns after one comparison.
+        named the flow) it returns after one comparison (``flow.class_final``).
         """
-        cls = flow.classification
-        if cls and (not pkt.payload_len
-                    or flow.packets_sent + flow.packets_recv > self.inspect_packets):
+        if flow.class_final:
             return
-        cat, enc, strong = _classify(flow.proto, flow.src_port, flow.dst_port,
-                                     pkt.payload if pkt.payload_len else b"", None)
+        cls = flow.classification
+        n = pkt.payload_len
+        if cls:
+            if flow.packets_sent + flow.packets_recv > self.inspect_packets:
+                flow.class_final = True
+                return
+            if not n:
+                return
+        if n:
+            off = pkt.payload_offset
+            head = pkt.data[off:off + (n if n < 260 else 260)]
+        else:
+            head = b""
+        cat, enc, strong = _classify_head(flow.proto, flow.src_port, flow.dst_port, head, n,
+                                          None)
         if strong or not cls:
             flow.classification = cat
             flow.encrypted = enc
+            if strong:
+                flow.class_final = True
 
     @staticmethod
     def refine(category: str, packets: int, bytes: int, duration: float, mean_size: float,

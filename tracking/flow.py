@@ -66,6 +66,8 @@ class Flow:
     retired: str = ""
     agent: str = ""
     _key: str = field(default="", repr=False)
+    #: the classifier has decided for good (signature seen, or past its first packets)
+    class_final: bool = field(default=False, repr=False)
 
     @property
     def flow_key(self) -> str:
