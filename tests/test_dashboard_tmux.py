@@ -107,7 +107,7 @@ def test_every_view_keys_filter_sort_selection_resize_and_quit(pane: Pane, tmp_p
         pane.wait(cond, f"view {key}")
     # Tab / Shift+Tab cycle
     pane.keys("Tab")
-    pane.wait(lambda t: "no traceroute engine" in t, "Tab to Paths")
+    pane.wait(lambda t: "no traceroutes yet" in t, "Tab to Paths")
     pane.keys("BTab")
     pane.wait(lambda t: "Source" in t and "Destination" in t, "Shift+Tab back to Traffic")
 
