@@ -126,8 +126,11 @@ def test_every_view_keys_filter_sort_selection_resize_and_quit(pane: Pane, tmp_p
     screen = pane.wait_for("sort packets")
 
     def pkts_column(text: str) -> list[int]:
-        rows = [l for l in text.splitlines() if "172.16.0.122:" in l]
-        return [int(l.split()[-4]) for l in rows]
+        # Read the column under the "Pkts" header: the cells after it vary in width.
+        lines = text.splitlines()
+        end = next(l for l in lines if "Pkts" in l).index("Pkts") + 4
+        rows = [l for l in lines if "172.16.0.122:" in l]
+        return [int(l[:end].split()[-1]) for l in rows]
 
     pkts = pkts_column(screen)
     assert len(pkts) > 5 and pkts == sorted(pkts, reverse=True)
