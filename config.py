@@ -101,6 +101,28 @@ RELAY_BUFFER_MAX_MESSAGES = 100000
 RELAY_BUFFER_MAX_BYTES = 64 * 1024 * 1024
 RELAY_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
+# --- inspection ----------------------------------------------------------------------------
+DPI_ENABLED = True                # payload inspection (TLS/HTTP/QUIC facts, OS fingerprints)
+
+# --- paths ---------------------------------------------------------------------------------
+TRACE_METHOD = "icmp"             # icmp | udp | tcp
+TRACE_MAX_HOPS = 30
+TRACE_PROBES_PER_HOP = 3
+TRACE_TIMEOUT = 1.0
+TRACE_INTERVAL = 1.0
+TRACE_RATE_PPS = 100.0            # probes per second over all destinations
+
+# --- export --------------------------------------------------------------------------------
+EXPORT_DIR = ""                   # where the dashboard's e key writes ("" = current folder)
+EXPORT_FORMAT = "csv"             # csv | json
+PACKET_RING_FRAMES = 50000        # recent frames kept for "save the selected flows' packets"
+PACKET_RING_MB = 64
+IPFIX_ACTIVE_TIMEOUT = 60.0
+IPFIX_IDLE_TIMEOUT = 15.0
+IPFIX_TEMPLATE_REFRESH = 60.0
+IPFIX_MTU = 1400
+IPFIX_DOMAIN_ID = 1
+
 # --- logging -------------------------------------------------------------------------------
 LOG_FILE = "~/.packettracer/packettracer.log"
 LOG_MAX_BYTES = 5 * 1024 * 1024
@@ -128,6 +150,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
                "ALERT_EMAIL_TO"),
     "relay": ("RELAY_SERVER_PORT", "RELAY_HEARTBEAT_INTERVAL", "RELAY_METRICS_INTERVAL",
               "RELAY_BUFFER_MAX_MESSAGES", "RELAY_BUFFER_MAX_BYTES", "RELAY_MAX_MESSAGE_BYTES"),
+    "dpi": ("DPI_ENABLED",),
+    "paths": ("TRACE_METHOD", "TRACE_MAX_HOPS", "TRACE_PROBES_PER_HOP", "TRACE_TIMEOUT",
+              "TRACE_INTERVAL", "TRACE_RATE_PPS"),
+    "export": ("EXPORT_DIR", "EXPORT_FORMAT", "PACKET_RING_FRAMES", "PACKET_RING_MB",
+               "IPFIX_ACTIVE_TIMEOUT", "IPFIX_IDLE_TIMEOUT", "IPFIX_TEMPLATE_REFRESH", "IPFIX_MTU",
+               "IPFIX_DOMAIN_ID"),
     "logging": ("LOG_FILE", "LOG_MAX_BYTES", "LOG_BACKUPS"),
 }
 
@@ -270,5 +298,9 @@ def _validate(v: dict[str, Any]) -> None:
             raise ConfigError(f"{name} must be greater than 0, got {v[name]}")
     if v["REFRESH_RATE"] <= 0 or v["REFRESH_RATE"] > 10:
         raise ConfigError(f"REFRESH_RATE must be in (0, 10] seconds, got {v['REFRESH_RATE']}")
+    if v["TRACE_METHOD"] not in ("icmp", "udp", "tcp"):
+        raise ConfigError(f"TRACE_METHOD must be icmp, udp or tcp, got {v['TRACE_METHOD']!r}")
+    if v["EXPORT_FORMAT"] not in ("csv", "json"):
+        raise ConfigError(f"EXPORT_FORMAT must be csv or json, got {v['EXPORT_FORMAT']!r}")
     if not 0 < v["RELAY_SERVER_PORT"] < 65536:
         raise ConfigError(f"RELAY_SERVER_PORT must be a port number, got {v['RELAY_SERVER_PORT']}")

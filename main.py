@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--online", action="store_true", help="also ask ip-api.com (rate-limited)")
     res.add_argument("--no-rdns", action="store_true", help="no reverse DNS (PTR) lookups")
     res.add_argument("--geoip-db", action="append", metavar="MMDB", help="MaxMind .mmdb file (repeatable)")
+    res.add_argument("--no-dpi", action="store_true", help="no payload inspection (TLS/HTTP/OS facts)")
     db = p.add_argument_group("storage")
     db.add_argument("--db", metavar="PATH", help="database file (default ~/.packettracer/data.db)")
     db.add_argument("--no-db", action="store_true", help="keep everything in memory only")
@@ -94,6 +95,10 @@ def cli_overrides(args: argparse.Namespace) -> dict:
         o["WHOIS_ENABLED"] = False
     if args.no_rdns:
         o["DNS_RDNS_ENABLED"] = False
+    if args.no_dpi:
+        o["DPI_ENABLED"] = False
+    if args.trace_method:
+        o["TRACE_METHOD"] = args.trace_method
     if args.geoip_db:
         o["GEO_MMDB_PATHS"] = list(args.geoip_db)
     if args.db:

@@ -72,8 +72,10 @@ class Runtime:
         from tracking.path import PathTracer
         a = self.args
         comp = self.components
+        s = self.settings
         kwargs: dict[str, Any] = dict(
-            method=getattr(a, "trace_method", None) or "icmp",
+            method=s.TRACE_METHOD, max_hops=s.TRACE_MAX_HOPS, probes_per_hop=s.TRACE_PROBES_PER_HOP,
+            timeout=s.TRACE_TIMEOUT, interval=s.TRACE_INTERVAL, rate_limit_pps=s.TRACE_RATE_PPS,
             port=getattr(a, "trace_port", None), passive_hops=comp.hops.hops,
             on_route_change=self._route_change_alert)
         if self.recorder is not None:
@@ -405,8 +407,12 @@ def build_components(settings: Settings, flows: FlowTracker,
     def dpi_stage(pkt: Any, flow: Any, forward: bool) -> None:
         inspect(pkt, flow.flow_key, forward)
 
-    c.flow_stages = [c.classifier.flow_stage, dpi_stage]
-    c.flow_enrichers.append(lambda f: c.inspector.as_export(f.flow_key))
+    c.flow_stages = [c.classifier.flow_stage]
+    if settings.DPI_ENABLED:
+        c.flow_stages.append(dpi_stage)
+        c.flow_enrichers.append(lambda f: c.inspector.as_export(f.flow_key))
+    else:
+        c.inspector = None
 
     totals = TcpTotals()
 
