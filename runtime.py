@@ -213,11 +213,14 @@ class Runtime:
         return run_dashboard(self)
 
     def run_headless(self) -> int:
+        # Like tcpdump's "listening on"/"reading from file": scripts wait for this line.
         if self.source_kind == "live":
-            # Like tcpdump's "listening on": scripts wait for this line before sending traffic.
+            flt = self.settings.CAPTURE_FILTER
             sys.stderr.write(f"packettracer: capturing on {self.source.description}"
-                             f"{' (filter: ' + self.settings.CAPTURE_FILTER + ')' if self.settings.CAPTURE_FILTER else ''}\n")
-            sys.stderr.flush()
+                             f"{' (filter: ' + flt + ')' if flt else ''}\n")
+        else:
+            sys.stderr.write(f"packettracer: reading {self.source.description}\n")
+        sys.stderr.flush()
         self.start_capture()
         self.wait_capture()
         self.shutdown()

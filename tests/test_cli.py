@@ -126,7 +126,8 @@ def test_signal_stops_cleanly_and_exports(tmp_path: Path, sig: int) -> None:
                           "--log-file", str(tmp_path / "l")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     import time
-    time.sleep(2.0)  # start-up ~1 s, then the capture replays for ~2 s: stop it in the middle
+    assert "packettracer: reading" in p.stderr.readline()
+    time.sleep(1.0)  # the capture replays for ~2 s: stop it in the middle
     p.send_signal(sig)
     so, se = p.communicate(timeout=30)
     assert p.returncode == 0, se

@@ -63,7 +63,8 @@ def test_sigterm_flushes_and_closes_the_session(tmp_path: Path) -> None:
     p = subprocess.Popen([sys.executable, MAIN, "-r", str(ESPN), "--realtime", "--no-ui", "--offline",
                           "--db", str(db), "--log-file", str(tmp_path / "log")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
+    assert "packettracer: reading" in p.stderr.readline()
+    time.sleep(1.0)  # the file replays for ~2 s: stop it in the middle
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
@@ -162,7 +163,10 @@ def test_disk_full_keeps_capturing_in_memory(tmp_path: Path) -> None:
         assert doc["meta"]["packets"] == 60_000  # capture went on in memory
         assert doc["meta"]["persistence"].startswith("db stopped") and "full" in doc["meta"]["persistence"]
         con = sqlite3.connect(small / "data.db")
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            con.close()
     finally:
         subprocess.run(["umount", str(small)], check=False)
 
