@@ -68,9 +68,14 @@ _v6_cache: dict[bytes, str] = {}
 _v4_cache: dict[int, str] = {}
 
 
+#: addresses remembered; the cache is emptied when full (a busy link's working set of
+#: 50k flows is ~100k addresses: a smaller cache would be emptied again and again)
+_V4_CACHE_SIZE = 1 << 17
+
+
 def _v4(addr: int) -> str:
     """Dotted quad of an IPv4 address given as an integer, remembered (hosts repeat)."""
-    if len(_v4_cache) > 65536:
+    if len(_v4_cache) >= _V4_CACHE_SIZE:
         _v4_cache.clear()
     s = _v4_cache[addr] = _ntoa(_pack_u32(addr))
     return s

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from analysis.anomaly import evict_oldest
 from capture.packet import (
     PROTO_AH, PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IGMP, PROTO_IPIP, PROTO_IPV6,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, ParsedPacket,
@@ -264,7 +265,7 @@ class TrafficClassifier:
         if old is None or res[2] or old[0] == UNKNOWN:
             self._flows[flow_key] = res
             if old is None and len(self._flows) > self.max_flows:
-                del self._flows[next(iter(self._flows))]
+                evict_oldest(self._flows)  # in a batch: one-at-a-time front deletes are quadratic
         else:
             res = old
         return res[0], res[1]

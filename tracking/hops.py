@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from analysis.anomaly import evict_oldest
 from capture.packet import ACK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SYN, ParsedPacket
 
 INITIAL_TTLS = (32, 64, 128, 255)
@@ -113,7 +114,9 @@ class HopAnalyzer:
             hops = _INITIAL[ttl] - ttl
             self._hosts[src] = _Host(src, pkt.ts, pkt.ts, ttl, _INITIAL[ttl], hops, hops, hops)
             if len(self._hosts) > self.max_hosts:
-                del self._hosts[next(iter(self._hosts))]  # oldest first seen
+                # the oldest-seen eighth in one go: deleting the front key one at a time
+                # re-scans the deleted slots each time (quadratic once the table is full)
+                evict_oldest(self._hosts)
             return
         h.packets += 1
         h.last_seen = pkt.ts
@@ -156,7 +159,7 @@ class HopAnalyzer:
             return False
         self._probes[key] = pkt.ttl
         if len(self._probes) > self.max_probes:
-            del self._probes[next(iter(self._probes))]
+            evict_oldest(self._probes)
         return True
 
     def _learn(self, ip: str, ts: float, key: tuple[str, int, int, int]) -> None:
