@@ -29,6 +29,15 @@ stamp="$venv/.requirements.sha256"
 want="$(cat "$here/requirements.txt" "$here/requirements-dev.txt" 2>/dev/null | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "packettracer: setting up $venv (first run or requirements changed)..." >&2
+    if ! "$py" -c "import ensurepip, venv" >/dev/null 2>&1; then
+        # Debian/Ubuntu split venv support out of python3; install it when we may.
+        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+        else
+            echo "packettracer: python3 venv support is missing: sudo apt-get install python3-venv" >&2
+            exit 1
+        fi
+    fi
     "$py" -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip >&2
     "$venv/bin/pip" install --quiet -r "$here/requirements-dev.txt" >&2
