@@ -167,6 +167,9 @@ class StateBuilder:
         self._agg: tuple[float, Any, FlowAggregate] | None = None
         self._cache: dict[str, tuple[float, frozenset[str], Any]] = {}
 
+    def close(self) -> None:
+        """Release what the builder started (nothing yet)."""
+
     # ---- header ------------------------------------------------------------------------------
     def header(self, errors: list[str]) -> Header:
         rt = self.rt
