@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from rich.table import Table
 from rich.text import Text
 
+from dashboard.blocks import Block
 from dashboard.widgets import table
 from utils.sanitize import clean_text
 
@@ -36,7 +36,7 @@ def bar(value: float, top: float, width: int, style: str = "cyan") -> Text:
 
 
 def bar_chart(title: str, items: Iterable[tuple[str, float]], width: int = 30,
-              fmt: object = None, style: str = "cyan") -> Table:
+              fmt: object = None, style: str = "cyan") -> Block:
     """Label, bar, value for each item (items already in the wanted order)."""
     rows = list(items)
     top = max((v for _, v in rows), default=0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from rich.columns import Columns
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from dashboard.blocks import Tiles
 from dashboard.state import DashboardState
 from dashboard.widgets import generic_section, kv_table, notice
 
@@ -55,7 +55,7 @@ def component(state: DashboardState, name: str, missing: str, limit: int = 8,
                 and any(k in value[0] for k in _IP_FIELDS):
             value = [r for r in value if touches(r, ips)]
         parts.append(generic_section(str(key), value, limit))
-    return Columns(parts, padding=(0, 2)) if parts else Text("nothing recorded yet", style="dim")
+    return Tiles(parts) if parts else Text("nothing recorded yet", style="dim")
 
 
 def group(*items: RenderableType) -> RenderableType:

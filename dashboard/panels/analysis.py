@@ -1,9 +1,9 @@
 """View 4, Analysis: classification and encryption share, protocols, sizes, TCP flags."""
 from __future__ import annotations
 
-from rich.columns import Columns
 from rich.console import Group, RenderableType
 
+from dashboard.blocks import Tiles
 from dashboard.graphs import bar_chart
 from dashboard.panels._common import scope
 from dashboard.state import DashboardState
@@ -35,4 +35,4 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
         parts.append(bar_chart("Packet sizes (all traffic)", list(ps.sizes.items()), width=16))
         if ps.icmp_types:
             parts.append(counts_table("ICMP types", ps.icmp_types, "type"))
-    return Group(scope(state, "Analysis"), Columns(parts, padding=(0, 2)))
+    return Group(scope(state, "Analysis"), Tiles(parts))

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.columns import Columns
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from dashboard.blocks import Tiles
 from dashboard.state import DashboardState
 from dashboard.view_state import ViewState
 from dashboard.widgets import fmt_bps, fmt_value, kv_table, net_text, notice
@@ -48,4 +48,4 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
     extra = d.get("extra") or {}
     geo: RenderableType = kv_table("Geo / owner", [(k, fmt_value(v)) for k, v in extra.items()]) if extra \
         else notice("no geo/ASN enrichment in this run", "Geo / owner")
-    return Group(title, Columns([counters, tcp, Group(dns, dpi, geo)], padding=(0, 3)))
+    return Group(title, Tiles([counters, tcp, Group(dns, dpi, geo)]))

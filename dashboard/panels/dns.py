@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.columns import Columns
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from dashboard.blocks import Tiles
 from dashboard.panels._common import scope
 from dashboard.state import DashboardState
 from dashboard.view_state import ViewState
@@ -51,5 +51,5 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
         unans.add_row(net_text(r.qname, 40), r.client, r.server)
     if not snap.unanswered:
         unans.add_row(Text("none", style="green"), "", "")
-    return Group(head, Columns([overview, top, rcodes, clients], padding=(0, 2)),
-                 Columns([slow, unans], padding=(0, 2)))
+    return Group(head, Tiles([overview, top, rcodes, clients]),
+                 Tiles([slow, unans]))

@@ -5,11 +5,10 @@ Data: ``dpi`` (tallies from dashboard.collect.dpi_facts over all or the selected
 """
 from __future__ import annotations
 
-from rich.columns import Columns
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
+from dashboard.blocks import Block, Tiles
 from dashboard.panels._common import scope
 from dashboard.state import DashboardState
 from dashboard.view_state import ViewState
@@ -39,10 +38,10 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
     if devs:
         extra.append(devices_table(devs, state.data.get("selected_ips"), n))
     return Group(head, Text(f"{d['inspected']} flows inspected", style="dim"),
-                 Columns(parts + extra, padding=(0, 2)))
+                 Tiles(parts + extra))
 
 
-def devices_table(devices: list[dict], selected_ips: frozenset[str] | None, limit: int) -> Table:
+def devices_table(devices: list[dict], selected_ips: frozenset[str] | None, limit: int) -> Block:
     """Hosts on the local segment (passive inventory), busiest first; the selection's first."""
     rows = sorted(devices, key=lambda d: (not (selected_ips and set(d.get("ips") or ()) &
                                               selected_ips), -(d.get("packets") or 0)))

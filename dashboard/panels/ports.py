@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from rich.columns import Columns
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from dashboard.blocks import Tiles
 from dashboard.graphs import bar_chart
 from dashboard.panels._common import scope
 from dashboard.state import DashboardState
@@ -57,6 +57,6 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
         scans.add_row(Text("no scanning seen", style="green"), "", "", "", "")
     hits = bar_chart("Top hit ports", [(f"{r.port}/{r.proto}", r.hits) for r in
                                        sorted(rows, key=lambda r: r.hits, reverse=True)[:6]], width=16)
-    side = Columns([bar_chart("Ranges (bytes)", ranges.most_common(3), width=12, fmt=fmt_bytes),
-                    scans, hits], padding=(0, 2))
+    side = Tiles([bar_chart("Ranges (bytes)", ranges.most_common(3), width=12, fmt=fmt_bytes),
+                    scans, hits])
     return Group(head, t, side)

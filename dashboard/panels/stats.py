@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from rich.columns import Columns
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from dashboard.blocks import Tiles
 from dashboard.panels._common import scope
 from dashboard.state import DashboardState
 from dashboard.view_state import ViewState
@@ -61,7 +61,7 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
     caches = state.data.get("caches")
     if caches:
         parts.append(component_list("Caches", caches))
-    return Group(scope(state, "Statistics"), Columns(parts, padding=(0, 2)))
+    return Group(scope(state, "Statistics"), Tiles(parts))
 
 
 def component_list(title: str, items: list) -> RenderableType:

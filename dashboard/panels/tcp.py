@@ -6,10 +6,10 @@ retired connections, or None).
 """
 from __future__ import annotations
 
-from rich.columns import Columns
 from rich.console import Group, RenderableType
 from rich.text import Text
 
+from dashboard.blocks import Tiles
 from dashboard.aggregate import TCP_COUNTERS
 from dashboard.graphs import bar_chart
 from dashboard.panels._common import scope
@@ -61,4 +61,4 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
                       "—" if rtt is None else f"{rtt:.1f}")
     if not agg.tcp_worst:
         worst.add_row(Text("no retransmissions, resets or zero windows", style="green"), "", "", "", "", "")
-    return Group(head, Columns(parts, padding=(0, 2)), worst)
+    return Group(head, Tiles(parts), worst)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
-from rich.table import Table
 from rich.text import Text
 
+from dashboard.blocks import emit
 from dashboard.state import DashboardState, FlowRow
 from dashboard.view_state import ViewState
 from dashboard.widgets import NA, fmt_bps, fmt_bytes, fmt_count, net_text, table
@@ -60,7 +60,8 @@ class FlowTable:
 
     Rows are laid out by hand into fixed-width cells (one Text per line) instead of a Rich Table:
     a Table measures every cell of every row, which costs ~100 ms for a 160x48 screen, while
-    fixed columns cost a few milliseconds. Cell text is sanitized before layout.
+    fixed columns cost a few milliseconds. Lines go out as segments (they fit by construction,
+    so Rich's wrapping pass is skipped). Cell text is sanitized before layout.
     """
 
     def __init__(self, state: DashboardState, view: ViewState) -> None:
@@ -81,8 +82,8 @@ class FlowTable:
         head = Text("  ", style="bold")
         for c, w in zip(cols, widths):
             head.append(_fit(c.name, w, c.right) + " ", style="bold")
-        yield head
-        yield Text("─" * min(width, sum(widths) + len(widths) + 2), style="dim")
+        yield from emit(console, head, width)
+        yield from emit(console, Text("─" * min(width, sum(widths) + len(widths) + 2), style="dim"), width)
         for i, r in enumerate(st.rows):
             idx = st.offset + i
             style = "reverse" if idx == vs.cursor else ("bold yellow" if r.selected else "")
@@ -93,7 +94,7 @@ class FlowTable:
                     line.append(_fit(v.plain, w, c.right) + " ", style=v.style or None)
                 else:
                     line.append(_fit(v, w, c.right) + " ")
-            yield line
+            yield from emit(console, line, width)
 
 
 def _fit(text: str, width: int, right: bool) -> str:
