@@ -1,6 +1,7 @@
 """Aggregates computed from a list of flows (for the views that filter to the selection).
 
-One pass over the flows per call; the state builder caches the result for about a second.
+One pass over the flows per call, on the dashboard's background worker for big tables; the
+result is read by the UI thread and never changed after ``aggregate`` returns it.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from tracking.flow import Flow
 
 TCP_FLAG_NAMES: tuple[tuple[int, str], ...] = (
     (SYN, "SYN"), (ACK, "ACK"), (FIN, "FIN"), (RST, "RST"), (PSH, "PSH"), (URG, "URG"))
+
+#: entries kept in the sorted top lists (more than any screen shows)
+TOP = 100
 
 TCP_COUNTERS: tuple[str, ...] = ("retransmissions", "fast_retransmissions", "out_of_order",
                                  "dup_acks", "zero_windows", "resets", "lost_segments")
@@ -40,6 +44,9 @@ class FlowAggregate:
     rtts_ms: list[float] = field(default_factory=list)
     #: (score, flow_key, src, dst, counters) of the flows with the most TCP trouble
     tcp_worst: list[tuple[int, Flow, dict[str, Any]]] = field(default_factory=list)
+    #: the busiest sources / destinations, sorted once here so a frame does not sort 50k entries
+    top_talkers: list[tuple[str, int]] = field(default_factory=list)
+    top_destinations: list[tuple[str, int]] = field(default_factory=list)
 
 
 def aggregate(flows: Iterable[Flow], want_tcp: bool = False, want_ports: bool = False,
@@ -95,4 +102,6 @@ def aggregate(flows: Iterable[Flow], want_tcp: bool = False, want_ports: bool = 
     if a.tcp_worst:
         a.tcp_worst.sort(key=lambda t: t[0], reverse=True)
         del a.tcp_worst[worst:]
+    a.top_talkers = a.talkers.most_common(TOP)
+    a.top_destinations = a.destinations.most_common(TOP)
     return a

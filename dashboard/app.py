@@ -92,6 +92,7 @@ class Dashboard:
         except KeyboardInterrupt:
             pass
         finally:
+            self.builder.close()
             if on_main:
                 signal.signal(signal.SIGTERM, prev_term)
                 signal.signal(signal.SIGWINCH, prev_winch)

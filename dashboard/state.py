@@ -1,7 +1,9 @@
 """One frozen ``DashboardState`` per tick, built from the runtime and the user's ViewState.
 
 The builder reads the trackers under their locks briefly (a list copy of the flows, a component's
-own ``snapshot()``), sorts outside the lock, and turns only the visible rows into display rows.
+own ``snapshot()``) and turns only the visible rows into display rows. Passes over every flow
+(rate samples, the Traffic order, aggregates) and lookups that may block (enrichment) run on a
+background worker for big tables (dashboard/background.py); a tick reads their latest result.
 Panels render from the state alone, so a test can render them without a capture running.
 """
 from __future__ import annotations
@@ -11,9 +13,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from dashboard import collect, sources
-from dashboard.aggregate import FlowAggregate, aggregate
 from capture.packet import proto_name
+from dashboard import collect, sources
+from dashboard.aggregate import aggregate
+from dashboard.background import PENDING, Background
 from dashboard.view_state import ViewState
 from tracking.flow import Destination, Flow, destinations, filter_flows, sort_flows
 from utils.logger import get_logger
@@ -25,6 +28,14 @@ SAMPLE_INTERVAL = 1.0
 TREND_POINTS = 600
 #: seconds an aggregate over all flows is reused before it is recomputed
 AGGREGATE_TTL = 1.0
+#: seconds the Traffic order (filter + sort over every flow) is reused; the visible rows show
+#: live counters and are re-sorted among themselves every frame
+ORDER_TTL = 1.0
+#: up to this many flows, passes over them run inline (cheaper than handing them to a thread)
+SYNC_FLOWS = 2000
+#: seconds a frame waits for the enrichment (geo, owner, DPI facts) of rows it has not shown yet;
+#: past that it shows what is known (e.g. while the geo data is still loading)
+ENRICH_WAIT = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,8 @@ class DashboardState:
     trends: tuple[TrendPoint, ...] = ()
     errors: tuple[str, ...] = ()
     names_available: bool = False
+    #: data names still being computed in the background (their panels say "computing…")
+    pending: frozenset[str] = frozenset()
 
 
 class RateSampler:
@@ -99,25 +112,27 @@ class RateSampler:
 
     Packet time (the capture's timestamps) makes a --realtime replay and a live capture show
     their real rates; a file read at full speed shows its average rate in one sample.
+
+    ``sample`` runs on the dashboard's background thread; it publishes new objects (``rates``,
+    ``points``) instead of changing the ones the UI thread may be reading.
     """
 
     def __init__(self, interval: float = SAMPLE_INTERVAL, points: int = TREND_POINTS) -> None:
         self.interval = interval
         self.rates: dict[str, float] = {}
         self.history: deque[TrendPoint] = deque(maxlen=points)
+        #: the history as published for the Trends view (a new tuple per sample)
+        self.points: tuple[TrendPoint, ...] = ()
         self.pps: float | None = None
         self.bps: float | None = None
-        self._last_wall = 0.0
+        self.samples = 0
         self._prev_bytes: dict[str, int] = {}
         self._prev_ts = 0.0
         self._prev_packets = 0
         self._prev_total_bytes = 0
 
-    def maybe_sample(self, flows: list[Flow], packets: int, nbytes: int, first_ts: float,
-                     last_ts: float, wall: float) -> None:
-        if wall - self._last_wall < self.interval:
-            return
-        self._last_wall = wall
+    def sample(self, flows: list[Flow], packets: int, nbytes: int, first_ts: float,
+               last_ts: float) -> None:
         prev_ts = self._prev_ts or first_ts
         dt = last_ts - prev_ts
         cur: dict[str, int] = {}
@@ -153,22 +168,46 @@ class RateSampler:
             self._prev_packets = packets
             self._prev_total_bytes = nbytes
             self.history.append(TrendPoint(last_ts, self.pps or 0.0, self.bps or 0.0, proto_b, class_b))
+            self.points = tuple(self.history)
+        self.samples += 1
 
 
 class StateBuilder:
-    """Builds a DashboardState from a Runtime each tick."""
+    """Builds a DashboardState from a Runtime each tick.
 
-    def __init__(self, runtime: Any, clock: Callable[[], float] = time.monotonic) -> None:
+    What needs a pass over every flow (rate samples, the Traffic order, aggregates) or a lookup
+    that may block (geo, names) comes from a background worker (dashboard/background.py): the
+    tick reads its latest immutable result. With at most ``sync_flows`` flows these run inline,
+    where they cost less than a thread hand-over.
+    """
+
+    def __init__(self, runtime: Any, clock: Callable[[], float] = time.monotonic,
+                 sync_flows: int = SYNC_FLOWS) -> None:
         self.rt = runtime
         self.clock = clock
+        self.sync_flows = sync_flows
         self.sampler = RateSampler()
         comps = runtime.components
         self.names = sources.Names(comps.dns)
-        self._agg: tuple[float, Any, FlowAggregate] | None = None
-        self._cache: dict[str, tuple[float, frozenset[str], Any]] = {}
+        self.bg = Background(clock)
+        #: flow_key -> joined enrichment of the rows shown lately (published by the worker)
+        self._extras: dict[str, dict[str, Any]] = {}
+        self._small = True
+        self._snapshot: Callable[[], list[Flow]] = runtime.flows.snapshot
+        self._pending: set[str] = set()
 
     def close(self) -> None:
-        """Release what the builder started (nothing yet)."""
+        """Stop the background worker."""
+        self.bg.close()
+
+    def _get(self, name: str, key: Any, fn: Callable[[], Any], ttl: float = AGGREGATE_TTL,
+             wait: float = 0.0) -> Any:
+        """A background result; None (and ``name`` marked pending) until the first one exists."""
+        v = self.bg.get(name, key, fn, ttl, sync=self._small, wait=wait)
+        if v is PENDING:
+            self._pending.add(name)
+            return None
+        return v
 
     # ---- header ------------------------------------------------------------------------------
     def header(self, errors: list[str]) -> Header:
@@ -216,43 +255,85 @@ class StateBuilder:
                             local=False if vs.hide_local else None,
                             is_local=sources.is_local, names=names)
 
-    def _row(self, f: Flow, vs: ViewState, rates: dict[str, float], enrichers: list) -> FlowRow:
-        extra = sources.enrich(f, enrichers) if enrichers else {}
+    def _row(self, f: Flow, vs: ViewState, rates: dict[str, float]) -> FlowRow:
+        key = f._key or f.flow_key
+        extra = self._extras.get(key) or {}
         fqdn = sources.name_of(extra) or self.names(f.dst_ip)
         src = f"{f.src_ip}:{f.src_port}" if f.has_ports else f.src_ip
         dst = f"{f.dst_ip}:{f.dst_port}" if f.has_ports else f.dst_ip
-        key = f.flow_key
-        rate = rates.get(key, 0.0) if self.sampler.history or rates else None
+        rate = rates.get(key, 0.0) if self.sampler.samples else None
         return FlowRow(key, src, dst, fqdn, f.protocol, f.bytes_sent, f.bytes_recv, f.packets,
                        rate, sources.location_of(extra), f.classification, f.state,
                        key in vs.selected)
 
-    def traffic(self, flows: list[Flow], vs: ViewState, errors: list[str]) -> dict[str, Any]:
+    def _order(self, flows: list[Flow], vs: ViewState) -> tuple[list[Flow], list[Destination] | None]:
+        """Every flow after the filters, in display order (destinations in that mode)."""
         shown = self._filtered(flows, vs)
-        total = len(shown)
-        page = max(1, vs.page_rows)
         if vs.destinations:
-            dests = destinations(shown)
-            total = len(dests)
-            _clamp(vs, total)
-            window = dests[vs.scroll:vs.scroll + page]
-            rows = tuple((d, self.names(d.ip), "") for d in window)
-            return {"flows": shown, "total": total, "dest_rows": rows}
-        _clamp(vs, total)
-        need = vs.scroll + page
-        ordered = sort_flows(shown, vs.sort, self.sampler.rates,
-                             limit=need if need < total // 2 else None)
-        window = ordered[vs.scroll:need]
+            return shown, destinations(shown)
+        return sort_flows(shown, vs.sort, self.sampler.rates), None
+
+    def _enrich(self, window: list[Flow], errors: list[str]) -> None:
+        """Enrichment of the shown rows: from the worker, never blocking a frame for long."""
         enrichers = list(self.rt.components.flow_enrichers)
-        rates = self.sampler.rates
+        if not enrichers or not window:
+            return
+        keys = tuple(f._key or f.flow_key for f in window)
+        known = self._extras
+
+        def job() -> dict[str, dict[str, Any]]:
+            # Rows read lately stay (scrolling back is instant); the rest are refreshed.
+            out = {k: v for k, v in known.items() if k in keys} if len(known) > 4 * len(keys) \
+                else dict(known)
+            for f in window:
+                out[f._key or f.flow_key] = sources.enrich(f, enrichers)
+            return out
+
+        missing = any(k not in known for k in keys)
         try:
-            with self.rt.flows.lock:
-                rows = tuple(self._row(f, vs, rates, enrichers) for f in window)
+            v = self.bg.get("enrich", keys, job, AGGREGATE_TTL, wait=ENRICH_WAIT if missing else 0.0)
         except Exception as exc:  # boundary: an enricher failing must not blank the table
             errors.append(f"enrichment: {exc}")
-            rows = tuple(self._row(f, vs, rates, []) for f in window)
-        return {"flows": ordered if len(ordered) == total else shown, "total": total, "rows": rows,
-                "ordered_keys_partial": len(ordered) != total}
+            return
+        if v is not PENDING:
+            self._extras = v
+
+    def traffic(self, flows: list[Flow], vs: ViewState, errors: list[str]) -> dict[str, Any]:
+        page = max(1, vs.page_rows)
+        key = (vs.filter_text, vs.port_filter, vs.proto_filter, vs.hide_local, vs.destinations,
+               vs.sort, self.names.available)
+        snapshot = self._snapshot
+        # The worker gets a copy of the choices: the user may change them while it runs.
+        chosen = ViewState(filter_text=vs.filter_text, port_filter=vs.port_filter,
+                           proto_filter=vs.proto_filter, hide_local=vs.hide_local,
+                           destinations=vs.destinations, sort=vs.sort)
+        got = self.bg.get("order", key, lambda: self._order(snapshot(), chosen),
+                          0.0 if self._small else ORDER_TTL, sync=self._small)
+        if got is PENDING:
+            # A new sort or filter on a big table: once, here, so the key press shows at once
+            # (a full sort in C beats a partial one with Python comparisons); the worker keeps
+            # it fresh from then on.
+            t0 = time.perf_counter()
+            got = self._order(flows, chosen)
+            self.bg.put("order", key, got, time.perf_counter() - t0)
+        ordered, dests = got
+        if dests is not None:
+            total = len(dests)
+            _clamp(vs, total)
+            window_d = dests[vs.scroll:vs.scroll + page]
+            rows = tuple((d, self.names(d.ip), "") for d in window_d)
+            return {"flows": ordered, "total": total, "dest_rows": rows}
+        total = len(ordered)
+        _clamp(vs, total)
+        window = ordered[vs.scroll:vs.scroll + page]
+        if not self._small:
+            # The order is up to ORDER_TTL old: keep the visible page in order by live counters.
+            window = sort_flows(window, vs.sort, self.sampler.rates)
+        self._enrich(window, errors)
+        rates = self.sampler.rates
+        with self.rt.flows.lock:  # a consistent row: the pipeline updates flows per batch
+            rows = tuple(self._row(f, vs, rates) for f in window)
+        return {"flows": ordered, "total": total, "rows": rows}
 
     def detail(self, flows: list[Flow], key: str, errors: list[str]) -> dict[str, Any] | None:
         flow = next((f for f in flows if f.flow_key == key), None)
@@ -264,8 +345,14 @@ class StateBuilder:
         with self.rt.flows.lock:
             d = flow.as_dict()
         out: dict[str, Any] = {"flow": d, "rate": self.sampler.rates.get(key)}
+        enrichers = list(comps.flow_enrichers)
         try:
-            out["extra"] = sources.enrich(flow, list(comps.flow_enrichers))
+            extra = self.bg.get("detail", key, lambda: sources.enrich(flow, enrichers),
+                                AGGREGATE_TTL, wait=ENRICH_WAIT * 5)
+            if extra is PENDING:
+                self._pending.add("detail")
+                extra = {}
+            out["extra"] = extra
         except Exception as exc:  # boundary
             errors.append(f"enrichment: {exc}")
             out["extra"] = {}
@@ -279,29 +366,24 @@ class StateBuilder:
         return out
 
     # ---- other views -------------------------------------------------------------------------
-    def _aggregate(self, flows: list[Flow], vs: ViewState) -> FlowAggregate:
-        now = self.clock()
+    def _aggregate(self, vs: ViewState) -> Any:
         sel = frozenset(vs.selected)
-        if self._agg is not None and self._agg[1] == sel and now - self._agg[0] < AGGREGATE_TTL:
-            return self._agg[2]
-        subset = [f for f in flows if f.flow_key in sel] if sel else flows
-        agg = aggregate(subset, want_tcp=True, want_ports=bool(sel))
-        self._agg = (now, sel, agg)
-        return agg
+        snapshot = self._snapshot
+
+        def job() -> Any:
+            flows = snapshot()
+            subset = [f for f in flows if f.flow_key in sel] if sel else flows
+            return aggregate(subset, want_tcp=True, want_ports=bool(sel))
+        return self._get("agg", sel, job)
 
     def _cached(self, name: str, vs: ViewState, fn: Callable[[], Any]) -> Any:
-        """``fn()`` at most once per AGGREGATE_TTL per selection: these walk every flow."""
-        now = self.clock()
-        sel = frozenset(vs.selected)
-        hit = self._cache.get(name)
-        if hit is not None and hit[1] == sel and now - hit[0] < AGGREGATE_TTL:
-            return hit[2]
-        value = fn()
-        self._cache[name] = (now, sel, value)
-        return value
+        """``fn()`` from the worker, at most once per AGGREGATE_TTL per selection (these walk
+        every flow or look addresses up); None until the first result."""
+        return self._get(name, frozenset(vs.selected), fn)
 
-    def _subset(self, flows: list[Flow], vs: ViewState) -> list[Flow]:
-        return [f for f in flows if f.flow_key in vs.selected] if vs.selected else flows
+    def _subset(self, selected: frozenset[str]) -> list[Flow]:
+        flows = self._snapshot()
+        return [f for f in flows if f.flow_key in selected] if selected else flows
 
     def view_data(self, flows: list[Flow], vs: ViewState, errors: list[str]) -> dict[str, Any]:
         comps = self.rt.components
@@ -319,14 +401,17 @@ class StateBuilder:
                 data[name] = None
 
         if view in ("stats", "analysis", "tcp") or (view == "ports" and vs.selected):
-            data["agg"] = self._aggregate(flows, vs)
+            comp("agg", True, lambda: self._aggregate(vs))
         if view == "stats":
             comp("packet_stats", comps.packet_stats)
             agg = data["agg"]
-            try:
-                data.update(self._cached("stats", vs, lambda: collect.stats_extras(comps, agg, self.names)))
-            except Exception as exc:  # boundary: enrichment is another component
-                errors.append(f"enrichment: {type(exc).__name__}: {exc}")
+            if agg is not None:
+                try:
+                    extras = self._get("stats", (frozenset(vs.selected), id(agg)),
+                                       lambda: collect.stats_extras(comps, agg, self.names))
+                    data.update(extras or {})
+                except Exception as exc:  # boundary: enrichment is another component
+                    errors.append(f"enrichment: {type(exc).__name__}: {exc}")
         elif view == "analysis":
             comp("classifier", comps.classifier)
             comp("packet_stats", comps.packet_stats)
@@ -338,8 +423,9 @@ class StateBuilder:
             comp("dns", comps.dns)
             comp("rcodes", comps.dns, lambda: self._cached("rcodes", vs, lambda: collect.dns_rcodes(comps.dns)))
         elif view == "dpi":
+            sel = frozenset(vs.selected)
             comp("dpi", comps.inspector, lambda: self._cached(
-                "dpi", vs, lambda: collect.dpi_facts(comps.inspector, self._subset(flows, vs))))
+                "dpi", vs, lambda: collect.dpi_facts(comps.inspector, self._subset(sel))))
             devices = getattr(comps, "devices", None)
             if devices is not None:
                 from export.devices import device_section
@@ -357,8 +443,8 @@ class StateBuilder:
             # hop names/owners/locations are joined here, above tracking/ (see collect.py)
             if data.get("paths") is not None and comps.enricher is not None:
                 snap = data["paths"]
-                comp("path_endpoints", comps.enricher, lambda: self._cached(
-                    "path_endpoints", vs, lambda: collect.path_endpoints(comps.enricher, snap)))
+                comp("path_endpoints", comps.enricher, lambda: self._get(
+                    "path_endpoints", id(snap), lambda: collect.path_endpoints(comps.enricher, snap)))
         elif view == "relay":
             relay = getattr(self.rt, "relay", None)
             comp("relay", relay)
@@ -368,12 +454,30 @@ class StateBuilder:
         return data
 
     # ---- the tick ----------------------------------------------------------------------------
+    def _sample(self) -> None:
+        """A rate sample per SAMPLE_INTERVAL (on the worker for big tables)."""
+        rt = self.rt
+        sampler = self.sampler
+        snapshot = self._snapshot
+
+        def job() -> int:
+            c = rt.pipeline.counters
+            packets, nbytes, first_ts, last_ts = c.packets, c.bytes, c.first_ts, c.last_ts
+            sampler.sample(snapshot(), packets, nbytes, first_ts, last_ts)
+            return sampler.samples
+        self.bg.get("sample", None, job, sampler.interval, sync=self._small)
+
     def build(self, vs: ViewState) -> DashboardState:
         errors: list[str] = []
+        self._pending = set()
         rt = self.rt
         flows = rt.flows.snapshot()
-        c = rt.pipeline.counters
-        self.sampler.maybe_sample(flows, c.packets, c.bytes, c.first_ts, c.last_ts, self.clock())
+        self._small = len(flows) <= self.sync_flows
+        # Inline jobs reuse this tick's copy; worker jobs take their own when they run (the
+        # pipeline holds the lock per batch, so each copy may wait for a batch to end).
+        self._snapshot: Callable[[], list[Flow]] = (lambda: flows) if self._small \
+            else rt.flows.snapshot
+        self._sample()
         header = self.header(errors)
         kw: dict[str, Any] = {}
         if vs.view == "traffic":
@@ -385,8 +489,9 @@ class StateBuilder:
                           dest_rows=t.get("dest_rows", ()), offset=vs.scroll)
         data = self.view_data(flows, vs, errors)
         return DashboardState(header=header, view=vs.view, selected_count=len(vs.selected),
-                              data=data, trends=tuple(self.sampler.history) if vs.view == "trends" else (),
-                              errors=tuple(errors), names_available=self.names.available, **kw)
+                              data=data, trends=self.sampler.points if vs.view == "trends" else (),
+                              errors=tuple(errors), names_available=self.names.available,
+                              pending=frozenset(self._pending), **kw)
 
 
 def _clamp(vs: ViewState, total: int) -> None:

@@ -239,3 +239,78 @@ def test_alerts_acknowledge_with_a_key():
     finally:
         rt.shutdown()
         rt.close()
+
+
+def settled(builder: StateBuilder, vs: ViewState, height: int = 48) -> DashboardState:
+    """Build until the background worker has delivered everything the view asked for."""
+    vs.page_rows = screen.page_rows(height)
+    deadline = time.monotonic() + 20
+    state = builder.build(vs)
+    while state.pending:
+        assert time.monotonic() < deadline, f"still computing {set(state.pending)}"
+        time.sleep(0.01)  # polling interval while the worker thread runs
+        state = builder.build(vs)
+    return state
+
+
+@pytest.mark.parametrize("view", ["traffic", "stats", "analysis", "tcp", "dpi", "dns"])
+def test_background_worker_gives_what_inline_computation_gives(espn, view):
+    # sync_flows=0 sends every pass over the flows to the worker thread, as with a big table.
+    bg, inline = StateBuilder(espn, sync_flows=0), StateBuilder(espn)
+    try:
+        vs = ViewState(view=view)
+        first = bg.build(vs)
+        if first.pending:  # the first frame does not wait: it says what is still coming
+            console = Console(record=True, width=160, height=48, file=open("/dev/null", "w"))
+            console.print(screen.frame(first, vs), height=48)
+            assert "computing" in console.export_text() or view == "traffic"
+        got, want = settled(bg, vs), settled(inline, ViewState(view=view))
+        assert [r.flow_key for r in got.rows] == [r.flow_key for r in want.rows]
+        assert got.total_flows == want.total_flows
+        for name in ("agg", "dpi", "rcodes", "domains"):
+            a, b = got.data.get(name), want.data.get(name)
+            if name == "agg" and a is not None:
+                a, b = (a.flows, a.bytes, a.top_destinations), (b.flows, b.bytes, b.top_destinations)
+            assert a == b, name
+        assert bg.bg._thread is not None and bg.bg._thread.is_alive()
+    finally:
+        bg.close()
+        inline.close()
+    assert not bg.bg._thread.is_alive()
+
+
+def test_background_serves_stale_values_while_recomputing_and_reports_failures():
+    from dashboard.background import PENDING, Background, BackgroundError
+    now = [0.0]
+    bg = Background(clock=lambda: now[0])
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def job() -> int:
+        gate.wait(10)
+        calls.append(1)
+        return len(calls)
+
+    try:
+        assert bg.get("n", "k", job, ttl=1.0) is PENDING
+        gate.set()
+        assert bg.get("n", "k", job, ttl=1.0, wait=10) == 1
+        gate.clear()
+        now[0] = 5.0  # stale: the old value comes back at once, a recomputation is queued
+        assert bg.get("n", "k", job, ttl=1.0) == 1
+        gate.set()
+        deadline = time.monotonic() + 10
+        while bg.get("n", "k", job, ttl=100.0) != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert bg.get("n", "other key", job, ttl=1.0, wait=10) == 3  # a new key is a new value
+
+        def broken() -> int:
+            raise ValueError("tracker gone")
+        bg.get("bad", 1, broken, ttl=1.0, wait=10)
+    except BackgroundError as exc:
+        assert "tracker gone" in str(exc)
+    else:
+        raise AssertionError("a failed job must be reported")
+    finally:
+        bg.close()

@@ -31,6 +31,15 @@ def plain(value: Any) -> Any:
     return value
 
 
+def missing(state: DashboardState, name: str, message: str, title: str = "") -> RenderableType:
+    """What to show for absent data: "computing…" while the background worker is on it,
+    else the plain statement that the feature is not there."""
+    if name in state.pending:
+        return Text(f"{title + ': ' if title else ''}computing… ({state.header.flows_active} flows)",
+                    style="dim")
+    return notice(message, title)
+
+
 def touches(row: Mapping[str, Any], ips: frozenset[str]) -> bool:
     return any(row.get(k) in ips for k in _IP_FIELDS)
 

@@ -5,7 +5,7 @@ from rich.console import Group, RenderableType
 
 from dashboard.blocks import Tiles
 from dashboard.graphs import bar_chart
-from dashboard.panels._common import scope
+from dashboard.panels._common import missing, scope
 from dashboard.state import DashboardState
 from dashboard.view_state import ViewState
 from dashboard.widgets import counts_table, fmt_bytes, fmt_pct, kv_table, notice
@@ -14,7 +14,7 @@ from dashboard.widgets import counts_table, fmt_bytes, fmt_pct, kv_table, notice
 def render(state: DashboardState, view: ViewState) -> RenderableType:
     agg = state.data.get("agg")
     if agg is None:
-        return notice("no flow data")
+        return Group(scope(state, "Analysis"), missing(state, "agg", "no flow data"))
     share = kv_table("Encryption / classification", [
         ("encrypted flows", f"{agg.encrypted_flows} ({fmt_pct(agg.encrypted_flows, agg.flows)})"),
         ("encrypted bytes", f"{fmt_bytes(agg.encrypted_bytes)} ({fmt_pct(agg.encrypted_bytes, agg.bytes)})"),

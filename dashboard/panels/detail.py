@@ -47,5 +47,6 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
         kv_table("DPI", [(k, fmt_value(v)) for k, v in dpi_d.items()] or [("facts", "none seen")])
     extra = d.get("extra") or {}
     geo: RenderableType = kv_table("Geo / owner", [(k, fmt_value(v)) for k, v in extra.items()]) if extra \
-        else notice("no geo/ASN enrichment in this run", "Geo / owner")
+        else (Text("Geo / owner: looking up…", style="dim") if "detail" in state.pending
+              else notice("no geo/ASN enrichment in this run", "Geo / owner"))
     return Group(title, Tiles([counters, tcp, Group(dns, dpi, geo)]))

@@ -11,7 +11,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from dashboard.blocks import Tiles
-from dashboard.panels._common import scope
+from dashboard.panels._common import missing, scope
 from dashboard.state import DashboardState
 from dashboard.view_state import ViewState
 from dashboard.widgets import counts_table, kv_table, net_text, notice, table
@@ -36,7 +36,7 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
     top = counts_table("Top domains (queries)", dict(snap.top_domains), "domain", limit=n)
     rc = state.data.get("rcodes")
     rcodes = counts_table("Response codes", rc, "rcode", limit=n) if rc is not None \
-        else notice("response codes: not available", "Response codes")
+        else missing(state, "rcodes", "response codes: not available", "Response codes")
     clients = table("Clients", "client", "queries", "answers", "NXDOMAIN", "rate",
                     justify_right=("queries", "answers", "NXDOMAIN", "rate"))
     for c in [c for c in snap.clients if _keep(ips, c.client)][:n]:

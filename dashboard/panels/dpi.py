@@ -9,18 +9,18 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from dashboard.blocks import Block, Tiles
-from dashboard.panels._common import scope
+from dashboard.panels._common import missing, scope
 from dashboard.state import DashboardState
 from dashboard.view_state import ViewState
-from dashboard.widgets import counts_table, net_text, notice, table
+from dashboard.widgets import counts_table, net_text, table
 
 
 def render(state: DashboardState, view: ViewState) -> RenderableType:
     head = scope(state, "Deep packet inspection")
     d = state.data.get("dpi")
     if d is None:
-        return Group(head, notice("no deep packet inspection in this run: SNI, JA3/JA4, HTTP hosts "
-                                  "and OS fingerprints are not being collected"))
+        return Group(head, missing(state, "dpi", "no deep packet inspection in this run: SNI, "
+                                   "JA3/JA4, HTTP hosts and OS fingerprints are not being collected"))
     n = max(3, (view.page_rows - 6) // 2)
     parts = [counts_table("Application protocols (flows)", d["apps"], "protocol", limit=n),
              counts_table("TLS SNI", d["sni"], "server name", limit=n),

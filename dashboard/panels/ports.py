@@ -12,7 +12,7 @@ from rich.text import Text
 
 from dashboard.blocks import Tiles
 from dashboard.graphs import bar_chart
-from dashboard.panels._common import scope
+from dashboard.panels._common import missing, scope
 from dashboard.state import DashboardState
 from dashboard.view_state import ViewState
 from dashboard.widgets import fmt_bps, fmt_bytes, fmt_count, net_text, notice, table
@@ -33,6 +33,8 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
     head = scope(state, f"Ports (sort {view.ports_sort})")
     if state.selected_count and state.data.get("agg") is not None:
         return Group(head, _from_selection(state, view))
+    if state.selected_count and "agg" in state.pending:
+        return Group(head, missing(state, "agg", ""))
     snap: Any = state.data.get("ports")
     if snap is None:
         return Group(head, notice("no port tracker in this run"))

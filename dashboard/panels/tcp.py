@@ -12,7 +12,7 @@ from rich.text import Text
 from dashboard.blocks import Tiles
 from dashboard.aggregate import TCP_COUNTERS
 from dashboard.graphs import bar_chart
-from dashboard.panels._common import scope
+from dashboard.panels._common import missing, scope
 from dashboard.state import DashboardState
 from dashboard.view_state import ViewState
 from dashboard.widgets import counts_table, kv_table, notice, table
@@ -36,7 +36,7 @@ def render(state: DashboardState, view: ViewState) -> RenderableType:
     agg = state.data.get("agg")
     head = scope(state, "TCP")
     if agg is None:
-        return Group(head, notice("no flow data"))
+        return Group(head, missing(state, "agg", "no flow data"))
     if not agg.tcp_flows:
         return Group(head, Text("no TCP flows", style="dim"))
     if not agg.tcp_analyzed:
