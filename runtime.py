@@ -99,15 +99,20 @@ class Runtime:
         paths = self.components.paths
         enricher = self.components.enricher
         own_probe = paths.own_probe if paths is not None else None
-        own_ports = enricher.own_local_ports if enricher is not None else None
+        # The resolvers' local ports change rarely: refresh the set once a second of packet
+        # time instead of asking the resolvers (three locks) for every packet.
+        own: list[frozenset[int]] = [frozenset()]
+        if enricher is not None:
+            def refresh(_now: float) -> None:
+                own[0] = frozenset(enricher.own_local_ports())
+            refresh(0.0)
+            self.pipeline.periodic.append(refresh)
 
         def exclude(pkt: Any) -> bool:
             if own_probe is not None and own_probe(pkt):
                 return True
-            if own_ports is not None and pkt.sport:
-                ports = own_ports()
-                return bool(ports) and (pkt.sport in ports or pkt.dport in ports)
-            return False
+            ports = own[0]
+            return bool(ports) and (pkt.sport in ports or pkt.dport in ports)
 
         return exclude
 
