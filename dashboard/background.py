@@ -6,8 +6,10 @@ while revalidating), so no frame waits for a pass over 50,000 flows or for geo d
 value is immutable once published; the worker replaces it, never changes it.
 
 Recomputation is paced by its cost: a job that took C seconds runs again after at least
-``C / max_duty`` seconds, so the worker never takes more than ``max_duty`` of the interpreter
-from the capture thread (Python threads share one interpreter lock).
+``C / max_duty`` seconds, and after refreshing a stale value the worker rests for
+``C * (1 / max_duty - 1)`` seconds (a first result for a new key does not wait), so refreshes
+take at most ``max_duty`` of the interpreter from the capture thread (Python threads share one
+interpreter lock).
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ class Background:
         self._queue: dict[str, tuple[Hashable, Callable[[], Any]]] = {}
         self._thread: threading.Thread | None = None
         self._running: tuple[str, Hashable] | None = None
+        #: queued jobs whose key has no result yet: run first, and without the rest
+        self._urgent: set[str] = set()
         self._closed = False
 
     # ---- UI thread ---------------------------------------------------------------------------
@@ -129,6 +133,8 @@ class Background:
             if self._closed or self._running == (name, key):
                 return  # the same job is running now: its result will do
             self._queue[name] = (key, fn)
+            if not self._has(name, key):
+                self._urgent.add(name)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="dashboard-bg", daemon=True)
                 self._thread.start()
@@ -148,17 +154,27 @@ class Background:
         return r
 
     def _work(self) -> None:
+        rest_until = 0.0
         while True:
             with self._cv:
-                while not self._queue and not self._closed:
-                    self._cv.wait()
+                while not self._closed:
+                    if self._urgent & self._queue.keys():
+                        break
+                    left = rest_until - time.monotonic()
+                    if self._queue and left <= 0:
+                        break
+                    self._cv.wait(left if self._queue else None)
                 if self._closed:
                     return
-                name = next(iter(self._queue))
+                urgent = self._urgent & self._queue.keys()
+                name = next(iter(urgent)) if urgent else next(iter(self._queue))
+                self._urgent.discard(name)
                 key, fn = self._queue.pop(name)
                 self._running = (name, key)
             try:
-                self._run(name, key, fn)
+                r = self._run(name, key, fn)
             finally:
                 with self._cv:
                     self._running = None
+            if not urgent:
+                rest_until = time.monotonic() + r.cost * (1.0 / self.max_duty - 1.0)

@@ -36,6 +36,8 @@ SYNC_FLOWS = 2000
 #: seconds a frame waits for the enrichment (geo, owner, DPI facts) of rows it has not shown yet;
 #: past that it shows what is known (e.g. while the geo data is still loading)
 ENRICH_WAIT = 0.02
+#: seconds a frame waits for a result it has never had (a view switch); then "computing…"
+FIRST_WAIT = 0.03
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,7 @@ class StateBuilder:
         #: flow_key -> joined enrichment of the rows shown lately (published by the worker)
         self._extras: dict[str, dict[str, Any]] = {}
         self._small = True
+        self._detail_flow: Flow | None = None
         self._snapshot: Callable[[], list[Flow]] = runtime.flows.snapshot
         self._pending: set[str] = set()
 
@@ -203,7 +206,7 @@ class StateBuilder:
     def _get(self, name: str, key: Any, fn: Callable[[], Any], ttl: float = AGGREGATE_TTL,
              wait: float = 0.0) -> Any:
         """A background result; None (and ``name`` marked pending) until the first one exists."""
-        v = self.bg.get(name, key, fn, ttl, sync=self._small, wait=wait)
+        v = self.bg.get(name, key, fn, ttl, sync=self._small, wait=wait or FIRST_WAIT)
         if v is PENDING:
             self._pending.add(name)
             return None
@@ -298,7 +301,8 @@ class StateBuilder:
         if v is not PENDING:
             self._extras = v
 
-    def traffic(self, flows: list[Flow], vs: ViewState, errors: list[str]) -> dict[str, Any]:
+    def traffic(self, flows: Callable[[], list[Flow]], vs: ViewState,
+                errors: list[str]) -> dict[str, Any]:
         page = max(1, vs.page_rows)
         key = (vs.filter_text, vs.port_filter, vs.proto_filter, vs.hide_local, vs.destinations,
                vs.sort, self.names.available)
@@ -308,13 +312,14 @@ class StateBuilder:
                            proto_filter=vs.proto_filter, hide_local=vs.hide_local,
                            destinations=vs.destinations, sort=vs.sort)
         got = self.bg.get("order", key, lambda: self._order(snapshot(), chosen),
-                          0.0 if self._small else ORDER_TTL, sync=self._small)
+                          0.0 if self._small else ORDER_TTL, sync=self._small,
+                          wait=FIRST_WAIT if self.rt.flows.active_count <= self.sync_flows else 0.0)
         if got is PENDING:
             # A new sort or filter on a big table: once, here, so the key press shows at once
             # (a full sort in C beats a partial one with Python comparisons); the worker keeps
             # it fresh from then on.
             t0 = time.perf_counter()
-            got = self._order(flows, chosen)
+            got = self._order(flows(), chosen)
             self.bg.put("order", key, got, time.perf_counter() - t0)
         ordered, dests = got
         if dests is not None:
@@ -331,19 +336,23 @@ class StateBuilder:
             window = sort_flows(window, vs.sort, self.sampler.rates)
         self._enrich(window, errors)
         rates = self.sampler.rates
-        with self.rt.flows.lock:  # a consistent row: the pipeline updates flows per batch
-            rows = tuple(self._row(f, vs, rates) for f in window)
+        # No flows.lock here: the pipeline holds it for a whole batch, and a row read between
+        # two packets of a batch is as good as one read after it.
+        rows = tuple(self._row(f, vs, rates) for f in window)
         return {"flows": ordered, "total": total, "rows": rows}
 
-    def detail(self, flows: list[Flow], key: str, errors: list[str]) -> dict[str, Any] | None:
-        flow = next((f for f in flows if f.flow_key == key), None)
+    def detail(self, flows: Callable[[], list[Flow]], key: str,
+               errors: list[str]) -> dict[str, Any] | None:
+        flow = self._detail_flow
+        if flow is None or flow.flow_key != key or flow.retired:
+            flow = next((f for f in flows() if f.flow_key == key), None)
+        self._detail_flow = flow
         if flow is None:
             flow = next((f for f in reversed(self.rt.flows.retired) if f.flow_key == key), None)
         if flow is None:
             return None
         comps = self.rt.components
-        with self.rt.flows.lock:
-            d = flow.as_dict()
+        d = flow.as_dict()
         out: dict[str, Any] = {"flow": d, "rate": self.sampler.rates.get(key)}
         enrichers = list(comps.flow_enrichers)
         try:
@@ -385,7 +394,7 @@ class StateBuilder:
         flows = self._snapshot()
         return [f for f in flows if f.flow_key in selected] if selected else flows
 
-    def view_data(self, flows: list[Flow], vs: ViewState, errors: list[str]) -> dict[str, Any]:
+    def view_data(self, vs: ViewState, errors: list[str]) -> dict[str, Any]:
         comps = self.rt.components
         view = vs.view
         data: dict[str, Any] = {}
@@ -449,8 +458,10 @@ class StateBuilder:
             relay = getattr(self.rt, "relay", None)
             comp("relay", relay)
         if vs.selected:
-            data["selected_ips"] = frozenset(
-                ip for f in flows if f.flow_key in vs.selected for ip in (f.src_ip, f.dst_ip))
+            sel = frozenset(vs.selected)
+            snapshot = self._snapshot
+            data["selected_ips"] = self._get("selected_ips", sel, lambda: frozenset(
+                ip for f in snapshot() if f.flow_key in sel for ip in (f.src_ip, f.dst_ip)))
         return data
 
     # ---- the tick ----------------------------------------------------------------------------
@@ -471,12 +482,17 @@ class StateBuilder:
         errors: list[str] = []
         self._pending = set()
         rt = self.rt
-        flows = rt.flows.snapshot()
-        self._small = len(flows) <= self.sync_flows
-        # Inline jobs reuse this tick's copy; worker jobs take their own when they run (the
-        # pipeline holds the lock per batch, so each copy may wait for a batch to end).
-        self._snapshot: Callable[[], list[Flow]] = (lambda: flows) if self._small \
-            else rt.flows.snapshot
+        copy: list[list[Flow]] = []
+
+        def flows() -> list[Flow]:
+            if not copy:
+                copy.append(rt.flows.snapshot())
+            return copy[0]
+        # Inline when the table is small and the capture is over: then a pass costs less than a
+        # thread hand-over and the lock is free. While the capture runs, the pipeline holds
+        # flows.lock for a whole batch, so copies are taken by the worker, not by a frame.
+        self._small = rt.flows.active_count <= self.sync_flows and bool(rt.capture_done)
+        self._snapshot: Callable[[], list[Flow]] = flows if self._small else rt.flows.snapshot
         self._sample()
         header = self.header(errors)
         kw: dict[str, Any] = {}
@@ -487,7 +503,7 @@ class StateBuilder:
                 t = self.traffic(flows, vs, errors)
                 kw.update(flows=t["flows"], total_flows=t["total"], rows=t.get("rows", ()),
                           dest_rows=t.get("dest_rows", ()), offset=vs.scroll)
-        data = self.view_data(flows, vs, errors)
+        data = self.view_data(vs, errors)
         return DashboardState(header=header, view=vs.view, selected_count=len(vs.selected),
                               data=data, trends=self.sampler.points if vs.view == "trends" else (),
                               errors=tuple(errors), names_available=self.names.available,
