@@ -167,3 +167,29 @@ def test_relay_panel_lists_agents_and_sanitizes_names():
     console = Console(record=True, width=100, color_system=None)
     console.print(panel.render(empty, ViewState(view="relay")))
     assert "no relay is connected" in console.export_text()
+
+
+def test_deploy_start_command_returns_while_the_agent_runs(tmp_path):
+    """The remote start command must not hold the SSH channel: run under sh with piped output
+    (as sshd runs it), it returns at once, and agent.pid is the agent process itself."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from relay.deploy.deployer import detached_command
+
+    t0 = time.monotonic()
+    done = subprocess.run(["sh", "-c", detached_command(str(tmp_path), "sleep 30")],
+                          capture_output=True, text=True, timeout=25)
+    took = time.monotonic() - t0
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout.strip())
+    try:
+        assert took < 10, f"start command held the channel for {took:.1f} s"
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"30"]
+        assert (tmp_path / "agent.pid").read_text().strip() == str(pid)
+        assert os.getsid(pid) == pid  # its own session: the login session's signals miss it
+    finally:
+        os.kill(pid, signal.SIGTERM)

@@ -84,6 +84,33 @@ def project_archive(root: Path = PROJECT_ROOT) -> bytes:
     return buf.getvalue()
 
 
+#: "yes" if the process lives (a zombie waiting for its reaper does not count)
+_ALIVE = ("if kill -0 {pid} 2>/dev/null && [ \"$(cut -d')' -f2 /proc/{pid}/stat 2>/dev/null "
+          "| cut -c2)\" != Z ]; then echo yes; else echo no; fi")
+
+
+def detached_command(remote_dir: str, line: str) -> str:
+    """The shell command that starts ``line`` in the background, detached from the SSH session.
+
+    Every descriptor of the agent points away from the SSH channel (stdin /dev/null, output to
+    agent.out): sshd ends the exec request, and our read of its output returns, only when no
+    process holds the channel any more. (A background ``cd DIR && nohup ...`` list runs in a
+    subshell that keeps the channel open until the agent exits, so the deployer used to return
+    only after the agent had finished -- and traffic made after "deploy" was never seen.)
+    setsid gives the agent its own session, so nothing aimed at the login session's process
+    group reaches it; the agent writes its own pid (``exec`` keeps it), so agent.pid is the
+    agent itself, not a shell around it.
+    """
+    d = shlex.quote(remote_dir)
+    pidfile = shlex.quote(f"{remote_dir}/agent.pid")
+    inner = shlex.quote(f"echo $$ > {pidfile} && exec {line}")
+    return (f"cd {d} && rm -f {pidfile} && "
+            f"{{ nohup setsid sh -c {inner} > {d}/agent.out 2>&1 < /dev/null & }} && "
+            # wait for the pid file (the agent writes it first thing), up to 10 s
+            f"i=0; while [ ! -s {pidfile} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+            f"cat {pidfile}")
+
+
 class Deployer:
     """One SSH connection to one host.
 
@@ -224,8 +251,7 @@ class Deployer:
                      f"--property=Restart=on-failure {line}", "systemd-run")
             pid_text = self.run(f"systemctl show -p MainPID --value {shlex.quote(unit)}", "systemctl")
         else:
-            pid_text = self.run(f"cd {d} && nohup {line} > {d}/agent.out 2>&1 < /dev/null & "
-                                f"echo $! > {d}/agent.pid; cat {d}/agent.pid", "start agent")
+            pid_text = self.run(detached_command(self.remote_dir, line), "start agent")
         log.info("deploy: started agent %s on %s: %s", spec.agent_id, self.host, line)
         return self.status(command=line, pid=int(pid_text.strip() or 0) or None)
 
@@ -236,8 +262,7 @@ class Deployer:
             pid = int(text) if text.isdigit() else None
         running = False
         if pid:
-            running = self.run(f"kill -0 {pid} 2>/dev/null && echo yes || echo no",
-                               "status").strip() == "yes"
+            running = self.run(_ALIVE.format(pid=int(pid)), "status").strip() == "yes"
         tail = self.run(f"tail -n 20 {d}/agent.out 2>/dev/null || true", "read log")
         return DeployStatus(self.host, self.remote_dir, pid, running, command, tail)
 
