@@ -193,3 +193,83 @@ def test_deploy_start_command_returns_while_the_agent_runs(tmp_path):
         assert os.getsid(pid) == pid  # its own session: the login session's signals miss it
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+def _replay_through_collector(watch_packets: int) -> tuple[list[bytes], list, "MergedStore"]:
+    """A real capture fed to a real flow tracker in steps; each step's collection is encoded
+    as the agent would and applied by a server store."""
+    from types import SimpleNamespace
+
+    from capture.reader import iter_parsed
+    from relay.agent.collect import StateCollector
+    from relay.server.store import MergedStore
+    from tests.conftest import CAPTURES, require
+    from tracking.flow import FlowTracker
+
+    cap = CAPTURES / "http-espn-browse.pcapng"
+    require(cap.exists(), f"needs {cap}")
+    flows = FlowTracker()
+    rt = SimpleNamespace(flows=flows, components=SimpleNamespace(
+        ports=None, dns=None, security=None, flow_enrichers=[]))
+    col = StateCollector(rt, watch_packets=watch_packets)
+    store = MergedStore()
+    store.connect(p.Hello(agent="a", session="s1", mac="m"), "test")
+    frames: list[bytes] = []
+    seq = 0
+
+    def ship() -> None:
+        nonlocal seq
+        ch = col.collect()
+        seq += 1
+        frames.append(p.encode(p.FlowBatch(seq=seq, flows=ch.flows, updates=ch.updates)))
+        assert store.apply("a", p.decode_agent(frames[-1]), len(frames[-1]))
+
+    for n, pkt in enumerate(iter_parsed(cap), 1):
+        flows.process(pkt)
+        if n % 40 == 0:
+            ship()
+    flows.finish()
+    ship()
+    return frames, flows.all_flows(), store
+
+
+def test_flow_updates_are_compact_and_merge_to_the_exact_flows():
+    frames, every, store = _replay_through_collector(watch_packets=4)
+    decoded = [p.decode_agent(f) for f in frames]
+    fulls = sum(len(m.flows) for m in decoded)
+    updates = sum(len(m.updates) for m in decoded)
+    # each flow: a record when first seen (and when its facts change), one when it retires
+    assert updates > len(every) and fulls < 3 * len(every)
+    # what the server holds is exactly each flow's final state
+    assert {(a, k) for (a, k) in store.flows} == {("a", f.flow_key) for f in every}
+    for f in every:
+        rec, _ = store.flows[("a", f.flow_key)]
+        assert p.flow_row(rec, "a")["packets_sent"] == f.packets_sent
+        assert {k: v for k, v in p.flow_row(rec, "a").items() if k in f.as_dict()} == \
+            {k: v for k, v in f.as_dict().items()}
+    assert store.unknown_flow_updates == 0 and store.stale_flow_updates == 0
+    # an update is a fraction of the record it stands for on the wire
+    upd = next(m.updates[0] for m in decoded if m.updates)
+    rec = next(r for m in decoded for r in m.flows if r.id == upd.id)
+    assert len(p.encode(upd)) * 5 < len(p.encode(rec)), (p.encode(upd), p.encode(rec))
+
+
+def test_store_applies_updates_by_id_within_the_agent_session():
+    s = MergedStore()
+    s.connect(p.Hello(agent="a1", session="s1", mac="m"), "x")
+    rec = p.FlowRecord(flow_key="UDP|k", id=7, protocol="UDP", src_ip="10.0.0.1", src_port=1,
+                       dst_ip="10.0.0.2", dst_port=53, packets_sent=1, bytes_sent=100,
+                       more={"sni": "example.org"})
+    s.apply("a1", p.FlowBatch(seq=1, flows=[rec]), 10)
+    s.apply("a1", p.FlowBatch(seq=2, updates=[p.FlowUpdate(7, 5, 2, 500, 200, 9.5, "ACTIVE")]), 10)
+    row = s.flow_rows()[0]
+    assert (row["packets_sent"], row["packets_recv"], row["bytes_recv"], row["last_seen"]) == (5, 2, 200, 9.5)
+    assert row["sni"] == "example.org" and row["flow_key"] == "UDP|k"   # facts kept from the record
+    s.apply("a1", p.FlowBatch(seq=3, updates=[p.FlowUpdate(7, 4, 2, 400, 200, 9.0)]), 10)
+    assert s.flow_rows()[0]["packets_sent"] == 5 and s.stale_flow_updates == 1  # never backwards
+    s.apply("a1", p.FlowBatch(seq=4, updates=[p.FlowUpdate(8, 1, 1, 1, 1, 1.0)]), 10)
+    assert s.unknown_flow_updates == 1
+    # a new agent run numbers its flows afresh: the old ids mean nothing
+    s.connect(p.Hello(agent="a1", session="s2", mac="m"), "x")
+    s.apply("a1", p.FlowBatch(seq=1, updates=[p.FlowUpdate(7, 50, 2, 5000, 200, 19.0)]), 10)
+    assert s.flow_rows()[0]["packets_sent"] == 5 and s.unknown_flow_updates == 2

@@ -38,8 +38,9 @@ from utils.logger import get_logger
 
 log = get_logger(__name__)
 
-#: rows per batch message before size splitting
+#: rows per batch message before size splitting (full records; compact flow updates)
 BATCH_ROWS = 2000
+UPDATE_ROWS = 20000
 
 
 class AuthRefused(RelayError):
@@ -184,7 +185,10 @@ class RelayAgent:
             await asyncio.sleep(self.send_interval)
 
     def _queue_changes(self, ch: Changes, resync: bool = False) -> None:
-        self._queue_rows(ch.flows, lambda rows: lambda seq: p.FlowBatch(seq=seq, flows=rows, resync=resync))
+        # One collection is one FlowBatch when it fits: full records, then compact updates.
+        for i in range(0, max(len(ch.flows), 1), BATCH_ROWS):
+            last = i + BATCH_ROWS >= len(ch.flows)
+            self._queue_flows(ch.flows[i:i + BATCH_ROWS], ch.updates if last else [], resync)
         self._queue_rows(ch.ports, lambda rows: lambda seq: p.PortBatch(seq=seq, rows=rows))
         self._queue_rows(ch.dns, lambda rows: lambda seq: p.DnsBatch(seq=seq, records=rows))
         self._queue_rows(ch.alerts, lambda rows: lambda seq: p.AlertBatch(seq=seq, alerts=rows))
@@ -192,18 +196,43 @@ class RelayAgent:
         if self._wake is not None:
             self._wake.set()
 
+    def _queue_flows(self, flows: list[p.FlowRecord], updates: list[p.FlowUpdate],
+                     resync: bool) -> None:
+        if not flows and not updates:
+            return
+        if len(updates) > UPDATE_ROWS:
+            self._queue_flows(flows, updates[:UPDATE_ROWS], resync)
+            self._queue_flows([], updates[UPDATE_ROWS:], resync)
+            return
+        data = p.encode(p.FlowBatch(seq=self.buffer.next_seq, flows=flows, updates=updates,
+                                    resync=resync))
+        rows = len(flows) + len(updates)
+        if rows > 1 and len(data) > self.max_message_bytes * 0.9:
+            # over the server's limit: halve the longer list
+            if len(flows) >= len(updates):
+                half = len(flows) // 2
+                self._queue_flows(flows[:half], [], resync)
+                self._queue_flows(flows[half:], updates, resync)
+            else:
+                half = len(updates) // 2
+                self._queue_flows(flows, updates[:half], resync)
+                self._queue_flows([], updates[half:], resync)
+            return
+        self.buffer.add_encoded(data, rows)
+
     def _queue_rows(self, rows: list[Any], make: Callable[[list[Any]], Callable[[int], Any]]) -> None:
         for i in range(0, len(rows), BATCH_ROWS):
             self._queue_chunk(rows[i:i + BATCH_ROWS], make)
 
     def _queue_chunk(self, chunk: list[Any], make: Callable[[list[Any]], Callable[[int], Any]]) -> None:
         # A batch whose encoding would exceed the server's limit is split in halves.
-        if len(chunk) > 1 and len(p.encode(make(chunk)(1))) > self.max_message_bytes * 0.9:
+        data = p.encode(make(chunk)(self.buffer.next_seq))
+        if len(chunk) > 1 and len(data) > self.max_message_bytes * 0.9:
             half = len(chunk) // 2
             self._queue_chunk(chunk[:half], make)
             self._queue_chunk(chunk[half:], make)
             return
-        self.buffer.add(make(chunk), len(chunk))
+        self.buffer.add_encoded(data, len(chunk))
 
     def _queue_metrics(self) -> None:
         b = self.buffer

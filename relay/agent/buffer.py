@@ -37,9 +37,14 @@ class OutboundBuffer:
 
     def add(self, make: Callable[[int], Struct], rows: int = 0) -> Pending:
         """Number, encode and queue a message; returns its entry (the newest is never dropped)."""
+        return self.add_encoded(encode(make(self.next_seq)), rows)
+
+    def add_encoded(self, data: bytes, rows: int = 0) -> Pending:
+        """Queue a message already encoded with seq ``next_seq`` (callers that check its size
+        before queueing it encode once)."""
         seq = self.next_seq
         self.next_seq += 1
-        entry = Pending(seq, encode(make(seq)), rows)
+        entry = Pending(seq, data, rows)
         self.entries.append(entry)
         self.bytes += len(entry.data)
         while len(self.entries) > 1 and (len(self.entries) > self.max_messages

@@ -3,6 +3,12 @@
 Reads the run's trackers (a runtime.Runtime or anything with the same attributes) under the
 flow table's lock, which the pipeline holds once per batch, so a collection sees a consistent
 table. Flows are sent when their packet total changed, and once more when they retire.
+
+A flow goes out as a full record (with a new id) the first time, and as a compact update
+(id + counters) afterwards -- unless its facts changed. Facts (DPI, geo, classification, TTLs)
+settle in a flow's first packets, so they are rebuilt and compared only while a flow is young
+(``watch_packets``) and then every ``recheck_interval`` seconds; the full record it retires
+with carries the final facts in any case.
 """
 from __future__ import annotations
 
@@ -14,9 +20,36 @@ from relay.server import protocol as p
 from tracking.flow import Flow
 
 
+#: rebuild and compare a flow's facts while it has at most this many packets
+WATCH_PACKETS = 32
+#: and then at most this often (seconds), for late facts such as a reverse DNS name
+RECHECK_INTERVAL = 10.0
+
+
+@dataclass(slots=True)
+class _Sent:
+    """What the server holds of one active flow."""
+
+    id: int
+    total: int              # packets_sent + packets_recv last sent
+    facts: p.FlowRecord     # p.flow_facts() of the last full record
+    checked: float          # clock() when the facts were last compared
+    tcp: tuple[int, ...] | None  # the TCP analysis counters then (they are facts too)
+
+
+def _tcp_sig(flow: Flow) -> tuple[int, ...] | None:
+    """The TCP counters the export shows (retransmissions...): cheap to read, rarely changing."""
+    t = flow.tcp
+    if t is None:
+        return None
+    return (t.retransmissions, t.fast_retransmissions, t.out_of_order, t.dup_acks,
+            t.zero_windows, t.resets)
+
+
 @dataclass(slots=True)
 class Changes:
     flows: list[p.FlowRecord] = field(default_factory=list)
+    updates: list[p.FlowUpdate] = field(default_factory=list)
     ports: list[p.PortRecord] = field(default_factory=list)
     dns: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[p.AlertRecord] = field(default_factory=list)
@@ -25,11 +58,16 @@ class Changes:
 class StateCollector:
     """Diffs the trackers against what was last collected (the caller sends it)."""
 
-    def __init__(self, rt: Any, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rt: Any, clock: Callable[[], float] = time.monotonic,
+                 watch_packets: int = WATCH_PACKETS,
+                 recheck_interval: float = RECHECK_INTERVAL) -> None:
         self.rt = rt
         self.clock = clock
+        self.watch_packets = watch_packets
+        self.recheck_interval = recheck_interval
         self._retired: list[Flow] = []
-        self._sent_flows: dict[str, int] = {}
+        self._sent_flows: dict[str, _Sent] = {}
+        self._next_id = 1
         self._sent_ports: dict[tuple[int, str], tuple[int, int]] = {}
         self._sent_dns: set[tuple[Any, ...]] = set()
         self._sent_alerts: dict[int, tuple[int, float, bool]] = {}
@@ -39,12 +77,39 @@ class StateCollector:
         self._enrichers = list(getattr(getattr(rt, "components", None), "flow_enrichers", []) or [])
         rt.flows.listeners.append(self._on_retire)
 
-    def _record(self, flow: Flow) -> p.FlowRecord:
+    def _record(self, flow: Flow, flow_id: int = 0) -> p.FlowRecord:
         row = flow.as_dict()
         for enrich in self._enrichers:
             for k, v in enrich(flow).items():
                 row[k] = v if v is None or isinstance(v, (str, int, float)) else _plain(v)
-        return p.flow_record(row, flow.retired)
+        return p.flow_record(row, flow.retired, flow_id)
+
+    def _full(self, flow: Flow, total: int, now: float, ch: Changes) -> None:
+        """A full record under a new id (ids are never reused within the agent session)."""
+        fid = self._next_id
+        self._next_id += 1
+        rec = self._record(flow, fid)
+        self._sent_flows[flow.flow_key] = _Sent(fid, total, p.flow_facts(rec), now, _tcp_sig(flow))
+        ch.flows.append(rec)
+
+    def _changed(self, flow: Flow, sent: _Sent, total: int, now: float, ch: Changes) -> None:
+        sent.total = total
+        tcp = _tcp_sig(flow)
+        if total <= self.watch_packets or now - sent.checked >= self.recheck_interval \
+                or tcp != sent.tcp:
+            rec = self._record(flow, sent.id)
+            facts = p.flow_facts(rec)
+            sent.checked = now
+            sent.tcp = tcp
+            if facts != sent.facts:
+                sent.facts = facts
+                ch.flows.append(rec)
+            else:
+                ch.updates.append(p.flow_update(rec))
+            return
+        ch.updates.append(p.FlowUpdate(sent.id, flow.packets_sent, flow.packets_recv,
+                                       flow.bytes_sent, flow.bytes_recv, flow.last_seen,
+                                       flow.state))
 
     def _on_retire(self, flow: Flow) -> None:
         # Runs on the pipeline thread under the flow lock: only an append.
@@ -60,6 +125,7 @@ class StateCollector:
     def collect(self, full: bool = False) -> Changes:
         ch = Changes()
         flows = self.rt.flows
+        now = self.clock()
         with flows.lock:
             retired, self._retired = self._retired, []
             sent = self._sent_flows
@@ -69,18 +135,22 @@ class StateCollector:
                 # retired past the tracker's history bound are only in our queue
                 every.extend(f for f in retired if id(f) not in known)
                 for f in every:
-                    ch.flows.append(self._record(f))
-                    if not f.retired:
-                        sent[f.flow_key] = f.packets_sent + f.packets_recv
+                    if f.retired:
+                        ch.flows.append(self._record(f))
+                    else:
+                        self._full(f, f.packets_sent + f.packets_recv, now, ch)
             else:
                 for f in retired:
-                    ch.flows.append(self._record(f))
-                    sent.pop(f.flow_key, None)
+                    # its last word: final counters and facts, as a full record
+                    was = sent.pop(f.flow_key, None)
+                    ch.flows.append(self._record(f, was.id if was is not None else 0))
                 for f in flows.snapshot():
                     total = f.packets_sent + f.packets_recv
-                    if sent.get(f.flow_key) != total:
-                        sent[f.flow_key] = total
-                        ch.flows.append(self._record(f))
+                    was = sent.get(f.flow_key)
+                    if was is None:
+                        self._full(f, total, now, ch)
+                    elif was.total != total:
+                        self._changed(f, was, total, now, ch)
         comps = self.rt.components
         self._ports(comps, ch)
         self._dns(comps, ch)

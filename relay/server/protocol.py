@@ -19,6 +19,14 @@ The conversation:
 State messages carry absolute values (a flow's totals, a port's counters, an alert's count), so
 applying one twice is harmless and the newest wins; ``seq`` lets the server drop resends and the
 agent forget what was acknowledged. A server that restarted (new ``instance``) gets a full resync.
+
+Flows travel in two shapes (version 2). A full ``FlowRecord`` -- addresses, ports, DPI and geo
+facts -- goes once when the agent first reports a flow, again only when one of those facts
+changed, and once more when the flow retires; it names the flow with a small ``id`` (unique in
+the agent session). In between, a changed flow costs one ``FlowUpdate``: a msgpack array of the
+id and its absolute counters, last_seen and TCP state (about 25 bytes instead of ~300, and a
+fraction of the decode work). Counters stay absolute, not deltas, so a resend or a resync can
+never count anything twice.
 """
 from __future__ import annotations
 
@@ -29,12 +37,14 @@ from typing import Annotated, Any, Union
 import msgspec
 from msgspec import Meta, Struct
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: largest frame before authentication: a Hello is a few hundred bytes
 PRE_AUTH_MAX_BYTES = 16 * 1024
 #: rows in one batch message (flows, ports, DNS records, alerts)
 MAX_BATCH_ROWS = 20000
+#: compact flow updates in one batch (each ~25 bytes)
+MAX_UPDATE_ROWS = 100000
 
 AgentId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 ShortStr = Annotated[str, Meta(max_length=256)]
@@ -91,6 +101,8 @@ class FlowRecord(Struct, kw_only=True, omit_defaults=True):
     """One flow's absolute state (Flow.as_dict); fields beyond the core ones ride in ``more``."""
 
     flow_key: ShortStr
+    #: the agent's short name for this flow in FlowUpdate rows (0: none, updates come as records)
+    id: Count = 0
     protocol: ShortStr
     ip_version: int = 4
     src_ip: ShortStr
@@ -111,6 +123,21 @@ class FlowRecord(Struct, kw_only=True, omit_defaults=True):
     #: "" while active; why it left the agent's table otherwise ("idle", "closed", "end", ...)
     retired: ShortStr = ""
     more: dict[str, Any] = {}
+
+
+class FlowUpdate(Struct, array_like=True):
+    """A flow the server already has (by ``id``): its counters (absolute), last_seen and state.
+
+    Encoded as a positional array; the fields that never change -- addresses, ports, facts --
+    are not repeated."""
+
+    id: Annotated[int, Meta(ge=1)]
+    packets_sent: Count
+    packets_recv: Count
+    bytes_sent: Count
+    bytes_recv: Count
+    last_seen: float
+    state: ShortStr = ""
 
 
 class PortRecord(Struct, kw_only=True, omit_defaults=True):
@@ -141,14 +168,18 @@ class AlertRecord(Struct, kw_only=True, omit_defaults=True):
 
 
 Flows = Annotated[list[FlowRecord], Meta(max_length=MAX_BATCH_ROWS)]
+FlowUpdates = Annotated[list[FlowUpdate], Meta(max_length=MAX_UPDATE_ROWS)]
 Ports = Annotated[list[PortRecord], Meta(max_length=MAX_BATCH_ROWS)]
 DnsRows = Annotated[list[dict[str, Any]], Meta(max_length=MAX_BATCH_ROWS)]
 Alerts = Annotated[list[AlertRecord], Meta(max_length=MAX_BATCH_ROWS)]
 
 
-class FlowBatch(Struct, tag="flows", tag_field="t", kw_only=True):
+class FlowBatch(Struct, tag="flows", tag_field="t", kw_only=True, omit_defaults=True):
+    """Full records first (new flows, changed facts, retired flows), then compact updates."""
+
     seq: Seq
-    flows: Flows
+    flows: Flows = []
+    updates: FlowUpdates = []
     #: part of a full resync (the server may have lost what came before)
     resync: bool = False
 
@@ -251,20 +282,34 @@ def check_mac(token: str, nonce: str, hello: Hello) -> bool:
     return hmac.compare_digest(hello_mac(token, nonce, hello.agent, hello.session), hello.mac)
 
 
-_CORE = frozenset(f for f in FlowRecord.__struct_fields__ if f != "more")
+_CORE = frozenset(f for f in FlowRecord.__struct_fields__ if f not in ("more", "id"))
+_ROW_FIELDS = tuple(f for f in FlowRecord.__struct_fields__ if f not in ("more", "retired", "id"))
+#: what a FlowUpdate carries; everything else in a FlowRecord is a "fact"
+COUNTER_FIELDS = ("packets_sent", "packets_recv", "bytes_sent", "bytes_recv", "last_seen", "state")
 _DERIVED = frozenset(("duration",))
 
 
-def flow_record(row: dict[str, Any], retired: str = "") -> FlowRecord:
+def flow_record(row: dict[str, Any], retired: str = "", flow_id: int = 0) -> FlowRecord:
     """Flow.as_dict() -> FlowRecord (core fields typed, the rest kept in ``more``)."""
     core = {k: v for k, v in row.items() if k in _CORE}
     more = {k: v for k, v in row.items() if k not in _CORE and k not in _DERIVED and k != "agent"}
-    return FlowRecord(**core, retired=retired, more=more)
+    return FlowRecord(**core, id=flow_id, retired=retired, more=more)
+
+
+def flow_facts(rec: FlowRecord) -> FlowRecord:
+    """``rec`` without what a FlowUpdate carries: equal facts mean an update is enough."""
+    return msgspec.structs.replace(rec, packets_sent=0, packets_recv=0, bytes_sent=0,
+                                   bytes_recv=0, last_seen=0.0, state="")
+
+
+def flow_update(rec: FlowRecord) -> FlowUpdate:
+    return FlowUpdate(rec.id, rec.packets_sent, rec.packets_recv, rec.bytes_sent, rec.bytes_recv,
+                      rec.last_seen, rec.state)
 
 
 def flow_row(rec: FlowRecord, agent: str) -> dict[str, Any]:
     """FlowRecord -> the export's flow row, tagged with its agent."""
-    d = {f: getattr(rec, f) for f in FlowRecord.__struct_fields__ if f not in ("more", "retired")}
+    d = {f: getattr(rec, f) for f in _ROW_FIELDS}
     d["duration"] = round(rec.last_seen - rec.first_seen, 6)
     d.update(rec.more)
     d["agent"] = agent

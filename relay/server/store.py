@@ -3,7 +3,9 @@
 Messages carry absolute state, so applying is an upsert. Two guards keep resends and resyncs
 from moving anything backwards: a per-(agent, session) sequence number (a message at or below
 the last applied one is a duplicate) and, per flow, its packet total within one agent session
-(a flow's counters only grow).
+(a flow's counters only grow). Compact flow updates name a flow by the id its full record
+gave it in the agent's current session; an id the server does not know is counted and skipped
+(the agent resyncs whenever the server may have lost records: a new server instance, or drops).
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import msgspec
+
 from relay.server.protocol import (
-    AlertBatch, AlertRecord, Bye, DnsBatch, FlowBatch, FlowRecord, Hello, Metrics, PortBatch,
-    PortRecord, flow_row,
+    AlertBatch, AlertRecord, Bye, DnsBatch, FlowBatch, FlowRecord, FlowUpdate, Hello, Metrics,
+    PortBatch, PortRecord, flow_row,
 )
 from tracking.flow import Flow
 
@@ -78,7 +82,10 @@ class MergedStore:
         self.ports: dict[tuple[str, int, str], PortRecord] = {}
         self.dns: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.alerts: dict[tuple[str, int], AlertRecord] = {}
+        #: agent -> (session, flow id -> flow_key) for FlowUpdate rows
+        self.flow_ids: dict[str, tuple[str, dict[int, str]]] = {}
         self.stale_flow_updates = 0
+        self.unknown_flow_updates = 0
 
     # ---- agent lifecycle ---------------------------------------------------------------------
     def connect(self, hello: Hello, address: str) -> int:
@@ -126,7 +133,10 @@ class MergedStore:
             st.messages += 1
             kind = type(msg)
             if kind is FlowBatch:
-                self._flows(agent, session, msg.flows)
+                if msg.flows:
+                    self._flows(agent, session, msg.flows)
+                if msg.updates:
+                    self._updates(agent, session, msg.updates)
             elif kind is PortBatch:
                 for r in msg.rows:
                     self.ports[(agent, r.port, r.proto)] = r
@@ -145,16 +155,48 @@ class MergedStore:
                 st.state = CLOSED
             return True
 
+    def _ids(self, agent: str, session: str) -> dict[int, str]:
+        cur = self.flow_ids.get(agent)
+        if cur is None or cur[0] != session:  # a new agent run numbers its flows afresh
+            cur = self.flow_ids[agent] = (session, {})
+        return cur[1]
+
     def _flows(self, agent: str, session: str, flows: list[FlowRecord]) -> None:
         table = self.flows
+        ids = self._ids(agent, session)
         for rec in flows:
             key = (agent, rec.flow_key)
+            if rec.id:
+                if rec.retired:
+                    ids.pop(rec.id, None)
+                else:
+                    ids[rec.id] = rec.flow_key
             old = table.get(key)
             if old is not None and old[1] == session and \
                     old[0].packets_sent + old[0].packets_recv > rec.packets_sent + rec.packets_recv:
                 self.stale_flow_updates += 1
                 continue
             table[key] = (rec, session)
+
+    def _updates(self, agent: str, session: str, updates: list[FlowUpdate]) -> None:
+        table = self.flows
+        ids = self._ids(agent, session)
+        replace = msgspec.structs.replace
+        for u in updates:
+            fkey = ids.get(u.id)
+            old = table.get((agent, fkey)) if fkey is not None else None
+            if old is None or old[1] != session:
+                self.unknown_flow_updates += 1
+                continue
+            rec = old[0]
+            if rec.packets_sent + rec.packets_recv > u.packets_sent + u.packets_recv:
+                self.stale_flow_updates += 1
+                continue
+            # a new record, not an in-place change: readers copy the table without the lock
+            table[(agent, fkey)] = (replace(rec, packets_sent=u.packets_sent,
+                                            packets_recv=u.packets_recv, bytes_sent=u.bytes_sent,
+                                            bytes_recv=u.bytes_recv, last_seen=u.last_seen,
+                                            state=u.state), session)
 
     def acked(self, agent: str) -> int:
         with self.lock:
