@@ -1,18 +1,28 @@
-"""Who talks to whom: hosts as nodes, directed flows as edges with bytes and packets.
+"""Who talks to whom: hosts as nodes, directed edges with bytes and packets.
 
 Fan-out (distinct peers a host reaches), fan-in (distinct peers reaching it) and the rate at
 which new edges appear are what a worm, a sweep or a botnet changes first; the top of the graph
 is shown on screen and the whole can be exported as GraphML (Gephi, yEd, networkx) or DOT.
+
+Nothing here runs per packet: the flow table already counts every packet, so the edges are
+derived from the flows when someone reads the graph. A flow gives the edge src->dst from its
+``*_sent`` counters and dst->src from its ``*_recv`` counters. Active flows come from a provider
+(``FlowTracker.snapshot``) at read time; retired flows are folded into a bounded table of
+finished edges as they retire (so the edges of a long run outlive the tracker's history), and
+new (initiator, responder) host pairs are counted as flows are created.
 """
 from __future__ import annotations
 
 import heapq
 import threading
 from collections import deque
-from typing import Any, TextIO
+from typing import Any, Callable, Iterable, TextIO
 from xml.sax.saxutils import quoteattr
 
-from capture.packet import ParsedPacket
+from security.detectors._bounded import evict_oldest
+from tracking.flow import Flow, FlowTracker
+
+FlowsProvider = Callable[[], Iterable[Flow]]
 
 
 class Edge:
@@ -31,112 +41,191 @@ class Edge:
                 "first": self.first, "last": self.last}
 
 
+class GraphView:
+    """The graph at one moment: every edge plus the degrees of every host (read-only)."""
+
+    __slots__ = ("edges", "fan_out", "fan_in")
+
+    def __init__(self, edges: dict[tuple[str, str], Edge]) -> None:
+        self.edges = edges
+        fan_out: dict[str, int] = {}
+        fan_in: dict[str, int] = {}
+        for src, dst in edges:
+            fan_out[src] = fan_out.get(src, 0) + 1
+            fan_in[dst] = fan_in.get(dst, 0) + 1
+        self.fan_out = fan_out
+        self.fan_in = fan_in
+
+    @property
+    def nodes(self) -> int:
+        return len(self.fan_out.keys() | self.fan_in.keys())
+
+    def top_edges(self, n: int = 10, by: str = "bytes") -> list[dict[str, Any]]:
+        best = heapq.nlargest(n, self.edges.values(), key=lambda e: getattr(e, by))
+        return [e.as_dict() for e in best]
+
+
+def _fold(edges: dict[tuple[str, str], Edge], src: str, dst: str, nbytes: int, packets: int,
+          first: float, last: float) -> None:
+    """Add one direction of one flow to ``edges`` (nothing when it carried no packet)."""
+    if not packets:
+        return
+    key = (src, dst)
+    e = edges.get(key)
+    if e is None:
+        e = edges[key] = Edge(src, dst, first)
+    elif first < e.first:
+        e.first = first
+    e.bytes += nbytes
+    e.packets += packets
+    if last > e.last:
+        e.last = last
+
+
 class ConnectionGraph:
-    """Directed host graph built from IP packets.
+    """Directed host graph derived from flows.
 
     Args:
-        max_edges: edges kept; the oldest-created edge goes first when full.
+        flows: returns the active flows when the graph is read (``FlowTracker.snapshot``);
+            None until :meth:`attach` gives one.
+        max_edges: finished edges (of retired flows) kept; the oldest-created eighth goes
+            when full. Active flows always count.
         rate_window: seconds of per-second new-edge counts remembered.
     """
 
-    def __init__(self, max_edges: int = 100000, rate_window: int = 60) -> None:
-        # One writer (the pipeline thread). Structural changes (new edges, eviction) take the
-        # lock; counter updates on an existing edge do not. Readers hold the lock while they
-        # copy, so they never iterate a dict that is being resized.
+    def __init__(self, flows: FlowsProvider | None = None, max_edges: int = 100000,
+                 rate_window: int = 60) -> None:
+        # Writers: the pipeline thread, through the flow table's listeners (once per new or
+        # retired flow, never per packet). Readers copy under the lock.
+        self.flows = flows
         self.max_edges = max_edges
-        self._edges: dict[tuple[str, str], Edge] = {}
-        self._fan_out: dict[str, int] = {}
-        self._fan_in: dict[str, int] = {}
+        #: edges of retired flows, oldest-created first
+        self._done: dict[tuple[str, str], Edge] = {}
+        #: (initiator, responder) pairs seen, to tell a new edge from a new flow on an old one
+        self._pairs: dict[tuple[str, str], None] = {}
         #: (second, new edges in that second), newest last
         self._new: deque[list[int]] = deque(maxlen=rate_window)
         self._lock = threading.Lock()
         self.total_edges = 0
         self.evicted = 0
 
-    def process(self, pkt: ParsedPacket) -> None:
-        if not pkt.ip_version:
+    # --- wiring (called once per flow, from the flow table's listeners) -------------------
+    def attach(self, tracker: FlowTracker) -> None:
+        """Read active flows from ``tracker`` and listen to its new and retired flows."""
+        self.flows = tracker.snapshot
+        tracker.new_flow_listeners.append(self.on_new_flow)
+        tracker.listeners.append(self.on_retire)
+
+    def detach(self, tracker: FlowTracker) -> None:
+        for table, fn in ((tracker.new_flow_listeners, self.on_new_flow),
+                          (tracker.listeners, self.on_retire)):
+            if fn in table:
+                table.remove(fn)
+
+    def on_new_flow(self, flow: Flow) -> None:
+        """Count a new edge when a flow joins two hosts that had none (initiator -> responder)."""
+        key = (flow.src_ip, flow.dst_ip)
+        pairs = self._pairs
+        if key in pairs:
             return
-        key = (pkt.src_ip, pkt.dst_ip)
-        e = self._edges.get(key)
-        if e is None:
-            with self._lock:
-                e = self._add(key, pkt.ts)
-        e.bytes += pkt.wire_len
-        e.packets += 1
-        if pkt.ts > e.last:
-            e.last = pkt.ts
+        pairs[key] = None
+        if len(pairs) > 2 * self.max_edges:
+            evict_oldest(pairs, 2 * self.max_edges)
+        sec = int(flow.first_seen)
+        with self._lock:
+            self.total_edges += 1
+            new = self._new
+            if new and new[-1][0] == sec:
+                new[-1][1] += 1
+            else:
+                new.append([sec, 1])
 
-    def _add(self, key: tuple[str, str], ts: float) -> Edge:
-        src, dst = key
-        e = self._edges[key] = Edge(src, dst, ts)
-        self._fan_out[src] = self._fan_out.get(src, 0) + 1
-        self._fan_in[dst] = self._fan_in.get(dst, 0) + 1
-        self.total_edges += 1
-        sec = int(ts)
-        if self._new and self._new[-1][0] == sec:
-            self._new[-1][1] += 1
-        else:
-            self._new.append([sec, 1])
-        if len(self._edges) > self.max_edges:
-            self._evict()
-        return e
+    def on_retire(self, flow: Flow) -> None:
+        """Fold a finished flow into the table of finished edges."""
+        first, last = flow.first_seen, flow.last_seen
+        with self._lock:
+            done = self._done
+            _fold(done, flow.src_ip, flow.dst_ip, flow.bytes_sent, flow.packets_sent, first, last)
+            _fold(done, flow.dst_ip, flow.src_ip, flow.bytes_recv, flow.packets_recv, first, last)
+            if len(done) > self.max_edges:
+                before = len(done)
+                evict_oldest(done, self.max_edges)
+                self.evicted += before - len(done)
 
-    def _evict(self) -> None:
-        # A quarter at a time, rebuilding the dict: popping the front key one by one leaves
-        # dummy slots that make every later next(iter()) slower.
-        drop = max(1, self.max_edges // 4)
-        items = list(self._edges.items())
-        for _, old in items[:drop]:
-            _dec(self._fan_out, old.src)
-            _dec(self._fan_in, old.dst)
-        self._edges = dict(items[drop:])
-        self.evicted += drop
+    # --- reading --------------------------------------------------------------------------
+    def view(self) -> GraphView:
+        """Every edge now: finished ones plus the active flows' (O(edges + active flows)).
 
-    # --- measures -------------------------------------------------------------------------
+        Finished edges are shared with the table, not copied (they may still grow while the
+        view is read); an edge that active flows add to is a new object."""
+        active = list(self.flows()) if self.flows is not None else []
+        with self._lock:
+            done = dict(self._done)
+        live: dict[tuple[str, str], Edge] = {}
+        for f in active:
+            first, last = f.first_seen, f.last_seen
+            for src, dst, nbytes, packets in ((f.src_ip, f.dst_ip, f.bytes_sent, f.packets_sent),
+                                              (f.dst_ip, f.src_ip, f.bytes_recv, f.packets_recv)):
+                if not packets:
+                    continue
+                key = (src, dst)
+                e = live.get(key)
+                if e is None:
+                    e = live[key] = Edge(src, dst, first)
+                    old = done.get(key)
+                    if old is not None:
+                        e.bytes, e.packets, e.first, e.last = \
+                            old.bytes, old.packets, min(old.first, first), old.last
+                elif first < e.first:
+                    e.first = first
+                e.bytes += nbytes
+                e.packets += packets
+                if last > e.last:
+                    e.last = last
+        done.update(live)
+        return GraphView(done)
+
     def fan_out(self, host: str) -> int:
-        return self._fan_out.get(host, 0)
+        return self.view().fan_out.get(host, 0)
 
     def fan_in(self, host: str) -> int:
-        return self._fan_in.get(host, 0)
+        return self.view().fan_in.get(host, 0)
 
     def new_edge_rate(self, now: float, window: float = 10.0) -> float:
-        """New edges per second over the last ``window`` seconds before ``now``."""
+        """New edges (host pairs) per second over the last ``window`` seconds before ``now``."""
         with self._lock:
             n = sum(c for sec, c in self._new if now - window < sec <= now)
         return n / window if window > 0 else 0.0
 
     def top_edges(self, n: int = 10, by: str = "bytes") -> list[dict[str, Any]]:
-        with self._lock:
-            best = heapq.nlargest(n, self._edges.values(), key=lambda e: getattr(e, by))
-            return [e.as_dict() for e in best]
+        return self.view().top_edges(n, by)
 
     def top_fan_out(self, n: int = 10) -> list[tuple[str, int]]:
-        with self._lock:
-            return heapq.nlargest(n, self._fan_out.items(), key=lambda kv: kv[1])
+        return heapq.nlargest(n, self.view().fan_out.items(), key=lambda kv: kv[1])
 
     def top_fan_in(self, n: int = 10) -> list[tuple[str, int]]:
-        with self._lock:
-            return heapq.nlargest(n, self._fan_in.items(), key=lambda kv: kv[1])
+        return heapq.nlargest(n, self.view().fan_in.items(), key=lambda kv: kv[1])
 
     def snapshot(self, n: int = 10) -> dict[str, Any]:
+        v = self.view()
         with self._lock:
             last = self._new[-1][0] if self._new else 0
-            nodes = len(self._fan_out.keys() | self._fan_in.keys())
-        return {"nodes": nodes, "edges": len(self._edges),
-                "top_edges": self.top_edges(n), "top_fan_out": self.top_fan_out(n),
-                "top_fan_in": self.top_fan_in(n), "new_edges_per_s": self.new_edge_rate(last)}
+        return {"nodes": v.nodes, "edges": len(v.edges), "top_edges": v.top_edges(n),
+                "top_fan_out": heapq.nlargest(n, v.fan_out.items(), key=lambda kv: kv[1]),
+                "top_fan_in": heapq.nlargest(n, v.fan_in.items(), key=lambda kv: kv[1]),
+                "new_edges_per_s": self.new_edge_rate(last)}
 
     # --- export ---------------------------------------------------------------------------
-    def _export_edges(self, limit: int | None) -> list[Edge]:
-        with self._lock:
-            edges = list(self._edges.values())
+    def _export(self, limit: int | None) -> tuple[GraphView, list[Edge]]:
+        v = self.view()
+        edges = list(v.edges.values())
         if limit is not None:
             edges = heapq.nlargest(limit, edges, key=lambda e: e.bytes)
-        return edges
+        return v, edges
 
     def write_graphml(self, out: TextIO, limit: int | None = None) -> None:
         """GraphML with per-edge bytes/packets and per-node fan-out/fan-in."""
-        edges = self._export_edges(limit)
+        v, edges = self._export(limit)
         nodes = sorted({e.src for e in edges} | {e.dst for e in edges})
         out.write('<?xml version="1.0" encoding="UTF-8"?>\n'
                   '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">\n'
@@ -146,8 +235,8 @@ class ConnectionGraph:
                   '  <key id="p" for="edge" attr.name="packets" attr.type="long"/>\n'
                   '  <graph id="packettracer" edgedefault="directed">\n')
         for n in nodes:
-            out.write(f'    <node id={quoteattr(n)}><data key="fo">{self.fan_out(n)}</data>'
-                      f'<data key="fi">{self.fan_in(n)}</data></node>\n')
+            out.write(f'    <node id={quoteattr(n)}><data key="fo">{v.fan_out.get(n, 0)}</data>'
+                      f'<data key="fi">{v.fan_in.get(n, 0)}</data></node>\n')
         for e in edges:
             out.write(f'    <edge source={quoteattr(e.src)} target={quoteattr(e.dst)}>'
                       f'<data key="b">{e.bytes}</data><data key="p">{e.packets}</data></edge>\n')
@@ -155,7 +244,7 @@ class ConnectionGraph:
 
     def write_dot(self, out: TextIO, limit: int | None = None) -> None:
         """Graphviz DOT; edges labelled with bytes and packets."""
-        edges = self._export_edges(limit)
+        _, edges = self._export(limit)
         out.write("digraph packettracer {\n")
         for e in edges:
             out.write(f"  {_dot_id(e.src)} -> {_dot_id(e.dst)} "
@@ -167,10 +256,3 @@ class ConnectionGraph:
 def _dot_id(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-
-def _dec(table: dict[str, int], key: str) -> None:
-    n = table.get(key, 0) - 1
-    if n > 0:
-        table[key] = n
-    else:
-        table.pop(key, None)

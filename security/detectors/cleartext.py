@@ -4,6 +4,11 @@ Telnet login prompts.
 The alert says which protocol carried a login and between which endpoints; it never contains
 the user name or the secret. Only the first bytes of a segment are looked at, and only on the
 ports of those protocols (HTTP: any port, but only segments that start with a request method).
+
+:class:`security.monitor.SecurityMonitor` applies those two tests itself (``LOGIN_PORTS``,
+``HTTP_METHODS``) and calls :meth:`CleartextCredentialDetector.login_port` or
+:meth:`CleartextCredentialDetector.http_request` only for the segments that pass, so the
+bulk of TCP payload costs one slice and one set lookup.
 """
 from __future__ import annotations
 
@@ -11,11 +16,14 @@ from capture.packet import PROTO_TCP, ParsedPacket
 from security.alerts import AlertEngine
 from security.detectors._bounded import evict_oldest
 
-_HTTP_METHODS = frozenset({b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI"})
+#: the first four bytes of an HTTP request
+HTTP_METHODS = frozenset({b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI"})
 _BASIC = (b"\nAuthorization: Basic ", b"\nauthorization: basic ", b"\nAUTHORIZATION: BASIC ",
           b"\nAuthorization: basic ")
 #: how far into an HTTP request we look for the header (request line + usual headers)
 _HTTP_SCAN = 4096
+#: destination ports of FTP, POP3 and IMAP logins, and Telnet (either side)
+LOGIN_PORTS = frozenset({21, 110, 143, 23})
 
 
 class CleartextCredentialDetector:
@@ -32,9 +40,19 @@ class CleartextCredentialDetector:
         self.found = 0
 
     def process(self, pkt: ParsedPacket) -> None:
+        """Examine one packet (any)."""
         if pkt.proto != PROTO_TCP or pkt.payload_len < 5:
             return
-        dport, sport = pkt.dport, pkt.sport
+        if pkt.dport in LOGIN_PORTS or pkt.sport == 23:
+            self.login_port(pkt)
+        else:
+            off = pkt.payload_offset
+            if pkt.data[off:off + 4] in HTTP_METHODS:
+                self.http_request(pkt)
+
+    def login_port(self, pkt: ParsedPacket) -> None:
+        """A TCP segment with data to a port in ``LOGIN_PORTS`` (or from Telnet's)."""
+        dport = pkt.dport
         if dport == 21 or dport == 110:
             head = bytes(pkt.payload[:5]).upper()
             if head == b"PASS ":
@@ -44,16 +62,18 @@ class CleartextCredentialDetector:
             sp = line.find(b" ")
             if sp > 0 and line[sp + 1:sp + 7] == b"LOGIN ":
                 self._found(pkt, "IMAP", "LOGIN command")
-        elif sport == 23 or dport == 23:
+        else:
             self._telnet(pkt)
-        elif bytes(pkt.payload[:4]) in _HTTP_METHODS:
-            data = bytes(pkt.payload[:_HTTP_SCAN])
-            end = data.find(b"\r\n\r\n")
-            head = data if end < 0 else data[:end]
-            for needle in _BASIC:
-                if needle in head:
-                    self._found(pkt, "HTTP", "Basic authorization header")
-                    break
+
+    def http_request(self, pkt: ParsedPacket) -> None:
+        """A TCP segment whose payload starts with one of ``HTTP_METHODS``."""
+        data = bytes(pkt.payload[:_HTTP_SCAN])
+        end = data.find(b"\r\n\r\n")
+        head = data if end < 0 else data[:end]
+        for needle in _BASIC:
+            if needle in head:
+                self._found(pkt, "HTTP", "Basic authorization header")
+                break
 
     def _telnet(self, pkt: ParsedPacket) -> None:
         # Server prompts "login:" then "Password:"; the client's answers follow in clear.

@@ -95,54 +95,75 @@ class PortScanDetector:
         self.probes_seen = 0
 
     def process(self, pkt: ParsedPacket) -> None:
+        """Examine one packet without a flow table (every packet; see the entry points below
+        for what :class:`security.monitor.SecurityMonitor` calls with one)."""
         proto = pkt.proto
         if proto == PROTO_TCP:
             flags = pkt.tcp_flags
             if flags & ACK:
-                if flags & SYN:  # SYN/ACK: the port is open, so that probe was answered
-                    self._answered(pkt.dst_ip, pkt.src_ip, PROTO_TCP, pkt.sport)
+                if flags & SYN:
+                    self.tcp_open(pkt)
                 return
-            if flags & RST:
-                return
-            if flags & SYN:
-                kind = K_SYN
-            elif flags == 0:
-                if pkt.malformed:
-                    return  # a cut-off header reads as no flags; not a NULL probe
-                kind = K_NULL
-            elif flags == FIN:
-                kind = K_FIN
-            elif flags & _XMAS == _XMAS:
-                kind = K_XMAS
-            else:
-                kind = K_STEALTH
-            self._probe(pkt, PROTO_TCP, pkt.dport, kind)
+            self.tcp_probe(pkt, flags)
         elif proto == PROTO_UDP:
-            if pkt.is_fragment and pkt.frag_offset:
-                return
-            sport, dport = pkt.sport, pkt.dport
-            # Any UDP datagram may be the answer to an earlier probe of its source port.
-            if self._vertical or self._horizontal:
-                self._answered(pkt.dst_ip, pkt.src_ip, PROTO_UDP, sport)
-            if sport < 1024 <= dport:  # a service replying to a client, not a probe
-                return
-            if dport in _TRACEROUTE_PORTS or _is_group(pkt.dst_ip):
-                return
-            self._probe(pkt, PROTO_UDP, dport, K_UDP)
+            self.udp(pkt)
         elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
-            t = pkt.icmp_type
-            v6 = proto == PROTO_ICMPV6
-            if t == (128 if v6 else 8):
-                if not _is_group(pkt.dst_ip):
-                    self._probe_host(pkt, PROTO_ICMP, 8, K_ICMP)
-            elif t == (129 if v6 else 0):
-                self._answered(pkt.dst_ip, pkt.src_ip, PROTO_ICMP, 8)
-            elif (t == 3 and pkt.icmp_code == 3) or (v6 and t == 1 and pkt.icmp_code == 4):
-                q = pkt.quoted
-                if q is not None and q.proto == PROTO_UDP:
-                    entry = self._vertical.get((q.src_ip, q.dst_ip))
-                    if entry is not None:
-                        entry.unreach += 1
+            self.icmp(pkt)
+
+    # --- entry points: each handles one kind of packet ------------------------------------
+    def tcp_open(self, pkt: ParsedPacket) -> None:
+        """A SYN/ACK: the port is open, so that probe was answered."""
+        self._answered(pkt.dst_ip, pkt.src_ip, PROTO_TCP, pkt.sport)
+
+    def tcp_probe(self, pkt: ParsedPacket, flags: int) -> None:
+        """A TCP segment without ACK (``flags``: its flags): SYN, FIN, NULL, XMAS or odd."""
+        if flags & RST or pkt.frag_offset:
+            return
+        if flags & SYN:
+            kind = K_SYN
+        elif flags == 0:
+            if pkt.malformed:
+                return  # a cut-off header reads as no flags; not a NULL probe
+            kind = K_NULL
+        elif flags == FIN:
+            kind = K_FIN
+        elif flags & _XMAS == _XMAS:
+            kind = K_XMAS
+        else:
+            kind = K_STEALTH
+        self._probe(pkt, PROTO_TCP, pkt.dport, kind)
+
+    def udp(self, pkt: ParsedPacket) -> None:
+        """A UDP datagram. Only the first of each direction of a 5-tuple can probe a new port
+        or answer a probe (the rest repeat them), so with a flow table only those come here."""
+        if pkt.is_fragment and pkt.frag_offset:
+            return
+        sport, dport = pkt.sport, pkt.dport
+        # Any UDP datagram may be the answer to an earlier probe of its source port.
+        if self._vertical or self._horizontal:
+            self._answered(pkt.dst_ip, pkt.src_ip, PROTO_UDP, sport)
+        if sport < 1024 <= dport:  # a service replying to a client, not a probe
+            return
+        if dport in _TRACEROUTE_PORTS or _is_group(pkt.dst_ip):
+            return
+        self._probe(pkt, PROTO_UDP, dport, K_UDP)
+
+    def icmp(self, pkt: ParsedPacket) -> None:
+        """ICMP/ICMPv6: echo requests probe hosts, replies answer, port-unreachables confirm
+        closed UDP ports (each one counts, so every ICMP packet comes here)."""
+        t = pkt.icmp_type
+        v6 = pkt.proto == PROTO_ICMPV6
+        if t == (128 if v6 else 8):
+            if not _is_group(pkt.dst_ip):
+                self._probe_host(pkt, PROTO_ICMP, 8, K_ICMP)
+        elif t == (129 if v6 else 0):
+            self._answered(pkt.dst_ip, pkt.src_ip, PROTO_ICMP, 8)
+        elif (t == 3 and pkt.icmp_code == 3) or (v6 and t == 1 and pkt.icmp_code == 4):
+            q = pkt.quoted
+            if q is not None and q.proto == PROTO_UDP:
+                entry = self._vertical.get((q.src_ip, q.dst_ip))
+                if entry is not None:
+                    entry.unreach += 1
 
     # --- bookkeeping ---------------------------------------------------------------------
     def _probe(self, pkt: ParsedPacket, proto: int, dport: int, kind: int) -> None:

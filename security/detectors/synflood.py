@@ -51,21 +51,27 @@ class SynFloodDetector:
         self._hosts: dict[str, int] = {}
 
     def process(self, pkt: ParsedPacket) -> None:
+        """Examine one TCP segment (every one; with a flow table the monitor calls
+        :meth:`syn` and :meth:`client_ack` instead, and only when they can matter)."""
         if pkt.proto != PROTO_TCP:
             return
         flags = pkt.tcp_flags
         if flags & SYN and not flags & ACK:
-            self._syn(pkt)
+            self.syn(pkt)
             return
+        if flags & (ACK | RST):
+            self.client_ack(pkt)
+
+    def client_ack(self, pkt: ParsedPacket) -> None:
+        """A client's ACK (or RST) without SYN: it ends the half-open state of its attempt."""
         dst = pkt.dst_ip
         if dst in self._hosts:
             svc = self._services.get((dst, pkt.dport))
             if svc is not None and svc.pending:
-                # The client's ACK (or its RST) ends the half-open state of that attempt.
-                if flags & (ACK | RST):
-                    svc.pending.pop((pkt.src_ip, pkt.sport), None)
+                svc.pending.pop((pkt.src_ip, pkt.sport), None)
 
-    def _syn(self, pkt: ParsedPacket) -> None:
+    def syn(self, pkt: ParsedPacket) -> None:
+        """A SYN without ACK: a connection attempt toward (dst, dport)."""
         ts = pkt.ts
         key = (pkt.dst_ip, pkt.dport)
         bucket = int(ts)
