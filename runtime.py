@@ -407,6 +407,7 @@ def build_components(settings: Settings, flows: FlowTracker,
     if c.dns is not None:
         c.stages.append(c.dns.process)
     c.security = SecurityMonitor.from_settings(settings)
+    c.security.attach(flows)  # its IP detections run as a flow stage; its graph reads flows
     c.stages.append(c.security.process)
     c.on_close.append(c.security.close)
 
@@ -415,7 +416,7 @@ def build_components(settings: Settings, flows: FlowTracker,
     def dpi_stage(pkt: Any, flow: Any, forward: bool) -> None:
         inspect(pkt, flow.flow_key, forward)
 
-    c.flow_stages = [c.classifier.flow_stage]
+    c.flow_stages = [c.classifier.flow_stage, c.security.flow_stage]
     if settings.DPI_ENABLED:
         c.flow_stages.append(dpi_stage)
         c.flow_enrichers.append(lambda f: c.inspector.as_export(f.flow_key))
