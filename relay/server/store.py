@@ -212,7 +212,16 @@ class MergedStore:
     def flow_rows(self, agent: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
             items = list(self.flows.items())
-        return [flow_row(rec, a) for (a, _), (rec, _) in items if agent is None or a == agent]
+        rows = [flow_row(rec, a) for (a, _), (rec, _) in items if agent is None or a == agent]
+        # Agents leave null facts out of the wire: give every row the same fields again.
+        keys: dict[str, None] = {}
+        for r in rows:
+            keys.update(dict.fromkeys(r))
+        for r in rows:
+            if len(r) != len(keys):
+                for k in keys:
+                    r.setdefault(k, None)
+        return rows
 
     def flow_objects(self) -> list[Flow]:
         """Flows as tracking.Flow (with ``agent`` set) for views built on the flow table."""
