@@ -1,11 +1,11 @@
 """The last frames of the run, kept in memory so the selected flows' packets can be saved.
 
-The ring is a flow stage: for each packet that belongs to a flow it appends a reference to the
-parsed packet (which holds the captured frame's bytes object, its time stamp, length, link type
-and interface) and to the flow. Nothing is copied or decoded per packet; the frame bytes are the
-ones the source already allocated. It is bounded twice: by frame count and by an estimate of the
-memory the kept frames hold (frame bytes plus a fixed allowance for the parsed packet object),
-and drops the oldest frames first.
+The ring is a flow stage: for each packet that belongs to a flow it appends one small tuple
+(frame bytes, time stamp, wire length, link type, interface, flow). The frame bytes are the
+object the source already allocated, so nothing is copied; the parsed packet itself is not
+kept (with its address strings and option records it weighed ~5x the tuple, and a 50k-frame
+ring held ~30 MiB of them). It is bounded twice: by frame count and by an estimate of the memory
+the kept frames hold (frame bytes plus a fixed allowance per entry), and drops the oldest first.
 
 A frame of a tunnel is handed to the flow stages once for the outer flow and once for each inner
 flow, with the same bytes object; exports write each frame once.
@@ -18,18 +18,21 @@ from typing import Any, Collection, Iterator
 
 from capture.packet import ParsedPacket
 from capture.reader import RawFrame
+
+#: one kept frame: (data, ts, wire_len, linktype, iface, flow)
+_Entry = tuple[bytes, float, int, int, int, Any]
 from capture.writer import PcapngWriter
 
-#: bytes counted per kept frame on top of its data: the parsed packet object and its address
-#: strings (sys.getsizeof of a ParsedPacket is ~350 bytes; two address strings ~60 each)
-ENTRY_OVERHEAD = 480
+#: bytes counted per kept frame on top of its data: the 6-tuple (88 bytes), the deque slot and
+#: the float time stamp (measured by bench/bench_memory.py: ~130 bytes per entry)
+ENTRY_OVERHEAD = 136
 #: defaults; config constants PACKET_RING_FRAMES / PACKET_RING_MB override them
 DEFAULT_FRAMES = 50_000
 DEFAULT_MB = 64
 
 
 class PacketRing:
-    """Bounded FIFO of (packet, flow) references; call :meth:`add` from the pipeline thread.
+    """Bounded FIFO of kept frames with their flows; call :meth:`add` from the pipeline thread.
 
     Args:
         max_frames: frames kept at most.
@@ -38,78 +41,77 @@ class PacketRing:
             take it to copy the ring.
     """
 
-    __slots__ = ("max_frames", "max_bytes", "lock", "_pkts", "_flows", "_bytes", "evicted")
+    __slots__ = ("max_frames", "max_bytes", "lock", "_ring", "_bytes", "evicted")
 
     def __init__(self, max_frames: int = DEFAULT_FRAMES, max_bytes: int = DEFAULT_MB * 1024 * 1024,
                  lock: Any = None) -> None:
         self.max_frames = max(1, int(max_frames))
         self.max_bytes = max(0, int(max_bytes))
         self.lock = lock
-        # Both deques drop their oldest entry on their own (maxlen) when the count is reached,
-        # in step, since every add appends to both.
-        self._pkts: deque[ParsedPacket] = deque(maxlen=self.max_frames)
-        self._flows: deque[Any] = deque(maxlen=self.max_frames)
+        # The deque drops its oldest entry on its own (maxlen) when the count is reached.
+        self._ring: deque[_Entry] = deque(maxlen=self.max_frames)
         self._bytes = 0
         #: frames dropped for the byte bound (the count bound drops silently inside the deque)
         self.evicted = 0
 
     # ---- hot path: a flow stage --------------------------------------------------------------
     def add(self, pkt: ParsedPacket, flow: Any, forward: bool) -> None:
-        pkts = self._pkts
-        if len(pkts) == self.max_frames:           # the append below pushes out the oldest
-            self._bytes -= len(pkts[0].data) + ENTRY_OVERHEAD
-        pkts.append(pkt)
-        self._flows.append(flow)
-        self._bytes += len(pkt.data) + ENTRY_OVERHEAD
+        ring = self._ring
+        data = pkt.data
+        if len(ring) == self.max_frames:           # the append below pushes out the oldest
+            self._bytes -= len(ring[0][0]) + ENTRY_OVERHEAD
+        ring.append((data, pkt.ts, pkt.wire_len, pkt.linktype, pkt.iface, flow))
+        self._bytes += len(data) + ENTRY_OVERHEAD
         if self._bytes > self.max_bytes:
             self._trim()
 
     def _trim(self) -> None:
-        pkts, flows = self._pkts, self._flows
-        while pkts and self._bytes > self.max_bytes:
-            old = pkts.popleft()
-            flows.popleft()
-            self._bytes -= len(old.data) + ENTRY_OVERHEAD
+        ring = self._ring
+        while ring and self._bytes > self.max_bytes:
+            self._bytes -= len(ring.popleft()[0]) + ENTRY_OVERHEAD
             self.evicted += 1
+
+    def clear(self) -> None:
+        """Drop every kept frame (the bounds and the eviction count stay)."""
+        self._ring.clear()
+        self._bytes = 0
 
     # ---- readers -----------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._pkts)
+        return len(self._ring)
 
     @property
     def bytes_held(self) -> int:
         return self._bytes
 
-    def _copy(self) -> tuple[list[ParsedPacket], list[Any]]:
+    def _copy(self) -> list[_Entry]:
         if self.lock is None:
-            return list(self._pkts), list(self._flows)
+            return list(self._ring)
         with self.lock:
-            return list(self._pkts), list(self._flows)
+            return list(self._ring)
 
     def frames_for(self, flow_keys: Collection[str]) -> Iterator[RawFrame]:
         """Frames of the flows with these ``flow_key`` s, oldest first, each frame once."""
-        pkts, flows = self._copy()
         wanted = set(flow_keys)
         verdict: dict[int, bool] = {}      # id(flow) -> wanted, so each flow key is built once
         last_data: Any = None
-        for pkt, flow in zip(pkts, flows):
+        for data, ts, wire_len, linktype, iface, flow in self._copy():
             hit = verdict.get(id(flow))
             if hit is None:
                 hit = verdict[id(flow)] = flow.flow_key in wanted
             if not hit:
                 continue
-            data = pkt.data
             if data is last_data:          # the inner flow of a tunnel frame already written
                 continue
             last_data = data
-            yield RawFrame(pkt.ts, data, pkt.wire_len, pkt.linktype, pkt.iface)
+            yield RawFrame(ts, data, wire_len, linktype, iface)
 
     def oldest_ts(self) -> float | None:
-        pkts, _ = self._copy()
-        return pkts[0].ts if pkts else None
+        ring = self._copy()
+        return ring[0][1] if ring else None
 
     def stats(self) -> dict[str, int]:
-        return {"frames": len(self._pkts), "bytes": self._bytes, "evicted_for_bytes": self.evicted,
+        return {"frames": len(self._ring), "bytes": self._bytes, "evicted_for_bytes": self.evicted,
                 "max_frames": self.max_frames,
                 "max_bytes": self.max_bytes}
 
