@@ -12,14 +12,17 @@ Privacy: payload bytes live only in these buffers, in memory, and only until the
 classified or its ``stream_bytes`` limit is reached. Facts exclude secrets: no cookies,
 authorization headers, bodies, TLS randoms, session ids or keys.
 
-Wiring: call ``inspect(pkt, flow.flow_key, forward)`` for every packet after the flow tracker
-has placed it (``forward`` = initiator -> responder); read ``facts()``/``as_export()`` when
-building a snapshot or export; call ``forget(flow_key)`` after the flow is retired and exported.
+Wiring: the pipeline calls ``flow_stage(pkt, flow, forward)`` for every packet after the flow
+tracker has placed it (``forward`` = initiator -> responder); the state lives on ``flow.dpi``, and
+``retire(flow)`` (a flow-tracker listener) cuts it down to the facts when the flow leaves the
+table. Read ``facts(flow)``/``as_export(flow)`` when building a snapshot or export. Without a
+Flow object, ``inspect(pkt, flow_key, forward)`` keeps the state in a table by key (bounded by
+``max_flows``; ``forget(flow_key)`` drops an entry).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from analysis import apps
 from analysis.anomaly import (
@@ -130,6 +133,19 @@ class _FlowState:
     ttl_rule: bool = True
 
 
+class _Keyed:
+    """Holds the state of a flow inspected by key (:meth:`FlowInspector.inspect`)."""
+
+    __slots__ = ("dpi",)
+
+    def __init__(self) -> None:
+        self.dpi: _FlowState | None = None
+
+
+#: the state of every direction that is done for good (shared: never written to)
+_DONE_DIR = _Dir(mode=_DONE)
+
+
 class FlowInspector:
     """Deep inspection of flows, fed one packet at a time.
 
@@ -139,24 +155,39 @@ class FlowInspector:
         stream_bytes: bytes of each direction buffered while classifying it.
         http_requests: request heads recorded per flow.
         beacons: the detector for regular connection timing (pass one to share it).
+        all_flows: the flow tracker's ``all_flows``, so :meth:`facts` and :meth:`as_export`
+            can also be given a ``flow_key`` for flows inspected by :meth:`flow_stage`.
     """
 
     def __init__(self, max_flows: int = MAX_FLOWS, stream_bytes: int = STREAM_BYTES,
                  http_requests: int = HTTP_REQUESTS,
-                 beacons: BeaconDetector | None = None) -> None:
+                 beacons: BeaconDetector | None = None,
+                 all_flows: Callable[[], Iterable[Any]] | None = None) -> None:
         self.max_flows = max_flows
         self.stream_bytes = stream_bytes
         self.http_requests = http_requests
         self.beacons = beacons if beacons is not None else BeaconDetector()
         self.hosts = HostAnomalies()
         self._flows: dict[str, _FlowState] = {}
+        #: where :meth:`facts` finds flows fed through :meth:`flow_stage` when given a key
+        #: (e.g. ``FlowTracker.all_flows``)
+        self.all_flows = all_flows
+        self._created = 0
+        self._index: dict[str, Any] = {}
+        self._index_created = -1
 
     # ---- public API --------------------------------------------------------------------------
-    def inspect(self, pkt: ParsedPacket, flow_key: str, forward: bool) -> None:
-        """Inspect one packet of a flow (``forward``: initiator -> responder)."""
-        st = self._flows.get(flow_key)
+    def flow_stage(self, pkt: ParsedPacket, flow: Any, forward: bool) -> None:
+        """The pipeline's flow stage: inspect one packet of ``flow`` (``forward``: initiator ->
+        responder), with the state kept on ``flow.dpi``.
+
+        No flow key string and no table entry per flow: the state lives and goes with the flow
+        (call :meth:`retire` when the flow leaves the table to keep only its facts).
+        """
+        st = flow.dpi
         if st is None:
-            st = self._new(pkt, flow_key, forward)
+            st = flow.dpi = self._state(pkt, forward)
+            self._created += 1
         proto = pkt.proto
         # --- anomaly rules: integer checks only
         ttl = pkt.ttl
@@ -196,17 +227,59 @@ class FlowInspector:
             self._datagram(st, d, bytes(pkt.payload), forward)
         else:
             d.mode = _DONE
+        if d.mode == _DONE and d.quic is None:
+            # Classified for good: the shared done marker replaces this direction's buffers.
+            d = _DONE_DIR
+            if forward:
+                st.c = d
+            else:
+                st.s = d
         c, s = st.c, st.s
         if c is not None and s is not None and c.mode == _DONE and s.mode == _DONE:
             st.quiet = True
+            st.c = st.s = _DONE_DIR
 
-    def facts(self, flow_key: str) -> DpiFacts | None:
-        st = self._flows.get(flow_key)
-        return st.facts if st is not None else None
+    def inspect(self, pkt: ParsedPacket, flow_key: str, forward: bool) -> None:
+        """:meth:`flow_stage` for callers without a Flow object: the state is kept by key."""
+        holder = self._flows.get(flow_key)
+        if holder is None:
+            if len(self._flows) >= self.max_flows:
+                evict_oldest(self._flows)
+            holder = self._flows[flow_key] = _Keyed()
+        self.flow_stage(pkt, holder, forward)
 
-    def as_export(self, flow_key: str) -> dict[str, Any]:
+    def facts(self, flow: Any) -> DpiFacts | None:
+        """Facts of a flow: pass the :class:`~tracking.flow.Flow` (or its ``flow_key``)."""
+        if isinstance(flow, str):
+            flow = self._flows.get(flow) or self._by_key(flow)
+            if flow is None:
+                return None
+        st = getattr(flow, "dpi", None)
+        if st is None:
+            return None
+        return st.facts if type(st) is _FlowState else st
+
+    def _by_key(self, flow_key: str) -> Any:
+        """The flow with this key among ``all_flows()`` (for readers that pass keys); the index
+        is rebuilt on a miss only when flows were inspected since it was built."""
+        index = self._index
+        flow = index.get(flow_key)
+        if flow is None and self.all_flows is not None and self._index_created != self._created:
+            self._index_created = self._created
+            index = self._index = {f.flow_key: f for f in self.all_flows()
+                                   if getattr(f, "dpi", None) is not None}
+            flow = index.get(flow_key)
+        return flow
+
+    def retire(self, flow: Any) -> None:
+        """A flow left the table: keep only its facts (buffers and per-packet state go)."""
+        st = flow.dpi
+        if type(st) is _FlowState:
+            flow.dpi = st.facts
+
+    def as_export(self, flow: Any) -> dict[str, Any]:
         """The export fields of a flow (every key present; missing facts are None)."""
-        f = self.facts(flow_key)
+        f = self.facts(flow)
         if f is None:
             return dict.fromkeys(EXPORT_FIELDS)
         return {
@@ -228,16 +301,15 @@ class FlowInspector:
     def buffered_bytes(self) -> int:
         """Payload bytes held right now, over all flows (for the privacy/memory tests)."""
         total = 0
-        for st in self._flows.values():
+        for holder in self._flows.values():
+            st = holder.dpi
             for d in (st.c, st.s):
                 if d is not None:
                     total += len(d.buf) + sum(len(b) for b in (d.pending or {}).values())
         return total
 
     # ---- flow set-up and anomaly bookkeeping -------------------------------------------------
-    def _new(self, pkt: ParsedPacket, flow_key: str, forward: bool) -> _FlowState:
-        if len(self._flows) >= self.max_flows:
-            evict_oldest(self._flows)
+    def _state(self, pkt: ParsedPacket, forward: bool) -> _FlowState:
         if forward:
             client_ip, client_port, server_port = pkt.src_ip, pkt.sport, pkt.dport
             server_ip = pkt.dst_ip
@@ -247,7 +319,6 @@ class FlowInspector:
         proto = pkt.proto
         facts = DpiFacts(port_guess=apps.port_guess(proto, server_port, client_port))
         st = _FlowState(facts, proto, server_port, client_port, client_ip)
-        self._flows[flow_key] = st
         # TCP never runs to broadcast/multicast, so only UDP needs the address check
         st.ttl_rule = proto == PROTO_TCP or (
             proto == PROTO_UDP and not _multi_party(client_ip, server_ip))
@@ -277,9 +348,10 @@ class FlowInspector:
         isn = (pkt.seq + 1) & _MASK
         d = st.c if forward else st.s
         if d is not None:
-            d.next_seq = isn
-            if d.buf:
-                d.buf.clear()
+            if d.mode != _DONE:                 # (a done direction may be the shared marker)
+                d.next_seq = isn
+                if d.buf:
+                    d.buf.clear()
         elif forward:
             st.isn_c = isn
         else:

@@ -180,3 +180,27 @@ def test_every_capture_inspects_cleanly_and_frees_payload(path: Path) -> None:
         ins.forget(key)
     assert len(ins) == 0 and ins.buffered_bytes() == 0
     _RUNS.pop(path, None)
+
+
+@pytest.mark.parametrize("path", sorted(set(WITH_TLS) | set(WITH_HTTP)), ids=lambda p: p.name)
+def test_flow_stage_finds_what_keyed_inspection_finds(path: Path) -> None:
+    """The pipeline's flow stage (state on the flow) reports the same facts for every flow as
+    inspection by key, before and after the flows retire, and by key through all_flows."""
+    tracker = FlowTracker()
+    by_key, on_flow = FlowInspector(), FlowInspector(all_flows=tracker.all_flows)
+    tracker.listeners.append(on_flow.retire)
+    for pkt in iter_parsed(path):
+        pkt = pkt.innermost()
+        hit = tracker.process(pkt)
+        if hit is not None:
+            by_key.inspect(pkt, hit[0].flow_key, hit[1])
+            on_flow.flow_stage(pkt, *hit)
+    assert len(on_flow) == 0                     # nothing kept in the keyed table
+    flows = tracker.all_flows()
+    want = {f.flow_key: by_key.as_export(f.flow_key) for f in flows}
+    assert any(w["ja3"] or w["http_host"] for w in want.values())
+    assert {f.flow_key: on_flow.as_export(f) for f in flows} == want
+    tracker.finish()
+    assert all(f.dpi is None or type(f.dpi).__name__ == "DpiFacts" for f in tracker.all_flows())
+    assert {f.flow_key: on_flow.as_export(f) for f in flows} == want
+    assert {k: on_flow.as_export(k) for k in want} == want

@@ -68,6 +68,9 @@ class Flow:
     _key: str = field(default="", repr=False)
     #: the classifier has decided for good (signature seen, or past its first packets)
     class_final: bool = field(default=False, repr=False)
+    #: deep inspection's state for this flow (analysis.inspector.FlowInspector.flow_stage),
+    #: kept here so the per-packet stage needs no key string or table lookup
+    dpi: Any = field(default=None, repr=False)
 
     @property
     def flow_key(self) -> str:
