@@ -411,15 +411,13 @@ def build_components(settings: Settings, flows: FlowTracker,
     c.stages.append(c.security.process)
     c.on_close.append(c.security.close)
 
-    inspect = c.inspector.inspect
-
-    def dpi_stage(pkt: Any, flow: Any, forward: bool) -> None:
-        inspect(pkt, flow.flow_key, forward)
-
     c.flow_stages = [c.classifier.flow_stage, c.security.flow_stage]
     if settings.DPI_ENABLED:
-        c.flow_stages.append(dpi_stage)
-        c.flow_enrichers.append(lambda f: c.inspector.as_export(f.flow_key))
+        # state on flow.dpi (no key string or lookup per packet); retired flows keep facts only
+        c.inspector.all_flows = flows.all_flows
+        c.flow_stages.append(c.inspector.flow_stage)
+        c.flow_enrichers.append(c.inspector.as_export)
+        flows.listeners.append(c.inspector.retire)
     else:
         c.inspector = None
 
