@@ -161,28 +161,50 @@ class ConnectionGraph:
         active = list(self.flows()) if self.flows is not None else []
         with self._lock:
             done = dict(self._done)
-        live: dict[tuple[str, str], Edge] = {}
+        # Sum the active flows per direction into plain lists first (one dict probe per
+        # direction and flow); Edge objects are made once per edge afterwards.
+        live: dict[tuple[str, str], list[Any]] = {}
+        get = live.get
         for f in active:
             first, last = f.first_seen, f.last_seen
-            for src, dst, nbytes, packets in ((f.src_ip, f.dst_ip, f.bytes_sent, f.packets_sent),
-                                              (f.dst_ip, f.src_ip, f.bytes_recv, f.packets_recv)):
-                if not packets:
-                    continue
-                key = (src, dst)
-                e = live.get(key)
-                if e is None:
-                    e = live[key] = Edge(src, dst, first)
-                    old = done.get(key)
-                    if old is not None:
-                        e.bytes, e.packets, e.first, e.last = \
-                            old.bytes, old.packets, min(old.first, first), old.last
-                elif first < e.first:
-                    e.first = first
-                e.bytes += nbytes
-                e.packets += packets
-                if last > e.last:
-                    e.last = last
-        done.update(live)
+            n = f.packets_sent
+            if n:
+                key = (f.src_ip, f.dst_ip)
+                a = get(key)
+                if a is None:
+                    live[key] = [f.bytes_sent, n, first, last]
+                else:
+                    a[0] += f.bytes_sent
+                    a[1] += n
+                    if first < a[2]:
+                        a[2] = first
+                    if last > a[3]:
+                        a[3] = last
+            n = f.packets_recv
+            if n:
+                key = (f.dst_ip, f.src_ip)
+                a = get(key)
+                if a is None:
+                    live[key] = [f.bytes_recv, n, first, last]
+                else:
+                    a[0] += f.bytes_recv
+                    a[1] += n
+                    if first < a[2]:
+                        a[2] = first
+                    if last > a[3]:
+                        a[3] = last
+        for key, (nbytes, packets, first, last) in live.items():
+            e = Edge(key[0], key[1], first)
+            old = done.get(key)
+            if old is not None:
+                nbytes += old.bytes
+                packets += old.packets
+                e.first = min(old.first, first)
+                last = max(old.last, last)
+            e.bytes = nbytes
+            e.packets = packets
+            e.last = last
+            done[key] = e
         return GraphView(done)
 
     def fan_out(self, host: str) -> int:
