@@ -355,3 +355,82 @@ def test_random_packets_never_raise_and_counters_add_up(packets: list) -> None:
     totals = TcpTotals()
     totals.add(conn)
     assert all(totals.counters[name] == getattr(conn, name) for name in COUNTERS)
+
+
+class _GeneralPathOnly(TcpConnection):
+    """The same analysis with the in-order fast path switched off (it needs ``_steady``;
+    without it every packet also runs the state machine, which leaves a steady state as is)."""
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def _steady(self) -> bool:
+        return False
+
+    @_steady.setter
+    def _steady(self, value: bool) -> None:
+        pass
+
+
+_HALF_FIELDS = ("base_set", "base_seq", "nextseq", "nextseqtime", "maxseqtobeacked", "lastack",
+                "lastacktime", "window", "win_scale", "dupacks", "lastflags", "fin_end",
+                "fin_acked")
+
+# A mostly well-behaved bulk transfer: in-order data and ACKs (the fast path's diet), with the
+# occasional retransmission, gap, zero window, repeated ACK, window change and wscale.
+_STEP = st.tuples(
+    st.booleans(),                                              # direction
+    st.sampled_from(["data", "data", "data", "ack", "ack", "dupack", "retx", "gap", "zero",
+                     "window", "fin", "rst"]),
+    st.sampled_from([0, 1, 100, 1460]),                         # length
+    st.floats(min_value=0.0, max_value=0.05),                   # time step
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([(None, None), (7, 7), (2, None)]),
+       st.sampled_from([0.0, 0.010]), st.lists(_STEP, max_size=80))
+def test_fast_path_gives_the_general_paths_events_and_state(wscale, rtt, steps) -> None:
+    fast, slow = TcpConnection(), _GeneralPathOnly()
+    seqs = {True: C1, False: S1}
+    acked = {True: S1, False: C1}
+    wins = {True: 65535, False: 65535}
+    t = 1.0
+    packets = []
+    if rtt:
+        packets += [seg(t, True, SYN, ISN_C, wscale=wscale[0]),
+                    seg(t + rtt * 0.9, False, SYN | ACK, ISN_S, C1, wscale=wscale[1]),
+                    seg(t + rtt, True, ACK, C1, S1)]
+        t += rtt
+    for fwd, kind, length, dt in steps:
+        t += dt
+        seq = seqs[fwd]
+        ack = acked[fwd]
+        flags, win = ACK | (PSH if length else 0), wins[fwd]
+        if kind == "ack":
+            length, ack = 0, seqs[not fwd]
+            acked[fwd] = ack
+        elif kind == "dupack":
+            length = 0
+        elif kind == "retx":
+            seq -= length
+        elif kind == "gap":
+            seq += 1460
+        elif kind == "zero":
+            win = 0
+        elif kind == "window":
+            win = wins[fwd] = max(1, win // 2)
+        elif kind == "fin":
+            flags |= FIN
+        elif kind == "rst":
+            flags = RST | ACK
+        packets.append(seg(t, fwd, flags, seq, ack, length, win))
+        if kind in ("data", "gap"):
+            seqs[fwd] = seq + length
+    for pkt, fwd in packets:
+        assert fast.update(pkt, fwd) == slow.update(pkt, fwd)
+        for name in ("state", "closed", "handshake_rtt", "packets", *COUNTERS):
+            assert getattr(fast, name) == getattr(slow, name), name
+        for half in ("_a", "_b"):
+            for name in _HALF_FIELDS:
+                assert getattr(getattr(fast, half), name) == getattr(getattr(slow, half), name)

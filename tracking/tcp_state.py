@@ -111,6 +111,7 @@ _M = 0xFFFFFFFF
 _HALF = 0x80000000
 _SFR = SYN | FIN | RST
 _SF = SYN | FIN
+_SFRA = SYN | FIN | RST | ACK
 #: Wireshark compares times in integer nanoseconds; ours are float epoch seconds (about 0.24 µs
 #: resolution), so "t < limit" is tested as "t < limit - _TIME_EPS". That is exact for captures
 #: with microsecond timestamps (true differences are whole µs); with nanosecond timestamps a
@@ -209,7 +210,6 @@ class TcpConnection:
         """Analyse one packet of this connection; return its ``EV_*`` bitmask."""
         if pkt.malformed and pkt.malformed.startswith(_BAD_TCP_HEADER):
             return 0
-        self.packets += 1
         flags = pkt.tcp_flags
         seq = pkt.seq
         ack = pkt.ack
@@ -222,6 +222,53 @@ class TcpConnection:
         else:
             fwd = self._b
             rev = self._a
+
+        # Fast path: the next in-order segment (or an ACK that moves the ACK number) of an
+        # established connection, with ACK and no SYN/FIN/RST, both windows open, both bases
+        # known and the handshake RTT settled. Under those conditions every check of the
+        # general path below is false (zero-window probe and zero window need a 0 window; lost
+        # segment and keep-alive need seq != nextseq; dup ACK, window update and their kin need
+        # an empty segment with an unchanged ACK; ACKed-unseen, spurious and window-full are
+        # tested here), no state changes, and the updates are exactly those the general path
+        # makes for a segment without events. Anything else falls through to it.
+        if self._steady and flags & _SFRA == ACK and seq == fwd.nextseq and window \
+                and rev.window and fwd.base_set and rev.base_set \
+                and (self.handshake_rtt or not self._syn_ts):
+            mx = rev.maxseqtobeacked
+            if not mx or ((mx - ack) & _M) < _HALF:
+                if seglen:
+                    end = (seq + seglen) & _M
+                    lastack = rev.lastack
+                    ws = rev.win_scale
+                    if (not lastack or 0 < ((end - lastack) & _M) < _HALF) and (
+                            ws == -1 or end != (lastack + ((rev.window << (ws if ws > 0 else 0))
+                                                           & _M)) & _M):
+                        self.packets += 1
+                        if ack != fwd.lastack:
+                            fwd.dupacks = 0
+                        fwd.nextseq = end
+                        fwd.nextseqtime = now
+                        mx = fwd.maxseqtobeacked
+                        if seq == mx or not mx:
+                            fwd.maxseqtobeacked = end
+                        fwd.window = window
+                        fwd.lastack = ack
+                        fwd.lastacktime = now
+                        fwd.lastflags = 0
+                        return 0
+                elif ack != fwd.lastack:
+                    self.packets += 1
+                    fwd.dupacks = 0
+                    mx = fwd.maxseqtobeacked
+                    if seq == mx or not mx:
+                        fwd.maxseqtobeacked = fwd.nextseq
+                    fwd.window = window
+                    fwd.lastack = ack
+                    fwd.lastacktime = now
+                    fwd.lastflags = 0
+                    return 0
+
+        self.packets += 1
 
         if not fwd.base_set:
             fwd.base_seq = seq if flags & SYN else (seq - 1) & _M
