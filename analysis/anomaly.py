@@ -134,18 +134,27 @@ class BeaconDetector:
         self.min_interval = min_interval
         self.max_jitter = max_jitter
         self.max_keys = max_keys
-        self._starts: dict[tuple[str, str, int, int], deque[float]] = {}
+        #: key -> the first start time alone (most keys never see a second connection, so
+        #: they cost one float, not a deque), then the list of the last ``window + 1`` starts
+        self._starts: dict[tuple[str, str, int, int], float | list[float]] = {}
 
     def observe(self, client: str, server: str, port: int, proto: int,
                 ts: float) -> float | None:
         """Record one new connection; returns the period (s) when the series is beacon-like."""
         key = (client, server, port, proto)
-        times = self._starts.get(key)
+        starts = self._starts
+        times = starts.get(key)
         if times is None:
-            if len(self._starts) >= self.max_keys:
-                evict_oldest(self._starts)
-            times = self._starts[key] = deque(maxlen=self.window + 1)
-        times.append(ts)
+            if len(starts) >= self.max_keys:
+                evict_oldest(starts)
+            starts[key] = ts
+            return None
+        if not isinstance(times, list):
+            times = starts[key] = [times, ts]
+        else:
+            times.append(ts)
+            if len(times) > self.window + 1:
+                del times[0]
         n = len(times)
         if n <= self.min_events:
             return None
@@ -153,7 +162,7 @@ class BeaconDetector:
         last, prev = ts - times[n - 2], times[n - 2] - times[n - 3]
         if abs(last - prev) > 2 * self.max_jitter * max(prev, 1e-9):
             return None
-        gaps = [b - a for a, b in zip(times, list(times)[1:])]
+        gaps = [b - a for a, b in zip(times, times[1:])]
         mean = sum(gaps) / len(gaps)
         if mean < self.min_interval:
             return None

@@ -64,10 +64,33 @@ class _Scan:
     src: str
     first_seen: float
     last_seen: float
-    ports: set[int] = field(default_factory=set)
-    hosts: set[str] = field(default_factory=set)
+    # Most sources probe one port of one host (they are clients): the first port and host are
+    # kept as they are, and sets are made only when a second one comes (two empty sets cost
+    # ~430 bytes per source).
+    #: ports touched: the only one so far (-1 = none yet), or the set of them
+    ports: int | set[int] = -1
+    #: hosts probed: the only one so far ("" = none yet), or the set of them
+    hosts: str | set[str] = ""
     probes: int = 0
     syn_probes: int = 0
+
+    def port_set(self) -> frozenset[int]:
+        p = self.ports
+        if isinstance(p, int):
+            return frozenset((p,)) if p >= 0 else frozenset()
+        return frozenset(p)
+
+    def host_set(self) -> frozenset[str]:
+        h = self.hosts
+        if isinstance(h, str):
+            return frozenset((h,)) if h else frozenset()
+        return frozenset(h)
+
+    def port_count(self) -> int:
+        p = self.ports
+        if isinstance(p, int):
+            return 1 if p >= 0 else 0
+        return len(p)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +262,20 @@ class PortTracker:
         if ts > sc.last_seen:
             sc.last_seen = ts
         ports = sc.ports
-        if len(ports) < self.max_scan_ports:
+        if isinstance(ports, int):
+            if ports < 0:
+                sc.ports = port
+            elif ports != port and self.max_scan_ports > 1:
+                sc.ports = {ports, port}
+        elif len(ports) < self.max_scan_ports:
             ports.add(port)
         hosts = sc.hosts
-        if len(hosts) < self.max_scan_hosts:
+        if isinstance(hosts, str):
+            if not hosts:
+                sc.hosts = dst
+            elif hosts != dst and self.max_scan_hosts > 1:
+                sc.hosts = {hosts, dst}
+        elif len(hosts) < self.max_scan_hosts:
             hosts.add(dst)
 
     def _new_port(self, proto: int, port: int, ts: float) -> _PortStats:
@@ -362,10 +395,10 @@ class PortTracker:
         return tuple(out)
 
     def _activity(self, sc: _Scan) -> ScanActivity:
-        ports = frozenset(sc.ports)
+        ports = sc.port_set()
         rate = len(ports) / max(1.0, sc.last_seen - sc.first_seen)
         likely = len(ports) > self.scan_threshold and rate > self.scan_rate
-        return ScanActivity(sc.src, ports, frozenset(sc.hosts), sc.probes, sc.syn_probes,
+        return ScanActivity(sc.src, ports, sc.host_set(), sc.probes, sc.syn_probes,
                             sc.first_seen, sc.last_seen, rate, likely)
 
     def get_scan_activity(self, src_ip: str | None = None) -> list[ScanActivity]:
@@ -383,7 +416,7 @@ class PortTracker:
     def get_likely_scanners(self) -> list[ScanActivity]:
         with self.lock:
             scans = list(self._scans.values())  # one C-level copy: safe against a writer
-        out = [self._activity(sc) for sc in scans if len(sc.ports) > self.scan_threshold]
+        out = [self._activity(sc) for sc in scans if sc.port_count() > self.scan_threshold]
         out = [a for a in out if a.likely_scanner]
         out.sort(key=lambda a: (-len(a.ports), a.src_ip))
         return out
