@@ -277,10 +277,9 @@ class FlowTracker:
         if proto == PROTO_TCP and pkt.tcp_flags & (SYN | ACK) == SYN | ACK:
             src, sport, dst, dport = dst, dport, src, sport
         fkey = (proto, src, sport, dst, dport)
-        gen = self._generations.get(fkey, -1) + 1
-        self._generations[fkey] = gen
-        if len(self._generations) > 4 * self.max_flows:
-            self._generations.clear()
+        # the last generation of this 5-tuple is recorded when its flow retires (live flows
+        # need no entry: a 5-tuple has at most one live flow)
+        gen = self._generations.pop(fkey, -1) + 1 if self._generations else 0
         flow = Flow(proto, src, sport, dst, dport, pkt.ts, pkt.ts, generation=gen,
                     ip_version=pkt.ip_version)
         if proto == PROTO_TCP and self.tcp_factory is not None:
@@ -306,6 +305,10 @@ class FlowTracker:
     def _retire(self, flow: Flow, why: str) -> None:
         self._unlink(flow)
         flow.retired = why
+        gens = self._generations
+        if len(gens) >= 4 * self.max_flows:
+            gens.clear()
+        gens[(flow.proto, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port)] = flow.generation
         if len(self.retired) < self.history_limit:
             self.retired.append(flow)
         else:
