@@ -58,6 +58,9 @@ from relay.server import protocol as p  # noqa: E402
 from relay.server.store import MergedStore  # noqa: E402
 
 TICK = 0.5
+#: "v1": every changed flow as a whole record (v1's shape, with v2's null-free facts);
+#: "v2": records only for new flows, changed facts and retirements, compact updates otherwise
+LABEL = {"v1": "records", "v2": "compact"}
 
 
 # ---- traffic ----------------------------------------------------------------------------------
@@ -196,7 +199,7 @@ def link_figures(name: str, st: dict[str, Any]) -> None:
         raw = sum(map(len, frames))
         z = zlib.compressobj(6, zlib.DEFLATED, -15)   # one context per connection, like the link
         deflated = sum(len(z.compress(f) + z.flush(zlib.Z_SYNC_FLUSH)) for f in frames)
-        print(f"  {name:<13} {ver}: {changed:7.0f} flows changed/s, {len(frames) / secs:5.1f} msg/s, "
+        print(f"  {name:<13} {LABEL[ver]:<8}: {changed:7.0f} flows changed/s, {len(frames) / secs:5.1f} msg/s, "
               f"{raw / secs / 1e3:7.0f} kB/s msgpack, {deflated / secs / 1e3:6.0f} kB/s deflated")
 
 
@@ -223,7 +226,7 @@ def server_cost(name: str, st: dict[str, Any]) -> dict[str, float]:
         per_s = sum(st["changed"]) / (len(st["v2"]) * TICK)
         core_share = cpu / (len(st["v2"]) * TICK)     # of one core, for one agent at this pps
         out[ver] = core_share
-        print(f"  {name:<13} {ver}: {cpu / rows * 1e6:5.2f} us per flow update, "
+        print(f"  {name:<13} {LABEL[ver]:<8}: {cpu / rows * 1e6:5.2f} us per flow update, "
               f"{cpu / len(frames) * 1e3:6.2f} ms per message; one agent = {core_share * 100:5.1f}% "
               f"of a core -> {1 / core_share if core_share else math.inf:5.0f} agents per core "
               f"({per_s:.0f} updates/s each)")
