@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import random
+from typing import Any, Callable
 
 import pytest
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import ICMP, IP, TCP, UDP, UDPerror, IPerror
 from scapy.layers.l2 import ARP, Ether
 
+from capture.packet import ParsedPacket
 from capture.parser import parse
 from security.alerts import AlertEngine
 from security.detectors import (ArpSpoofDetector, CleartextCredentialDetector, DnsDetector,
@@ -32,19 +34,35 @@ def rules(engine: AlertEngine) -> list[str]:
     return [a.rule_id for a in engine.alerts()]
 
 
+Feed = Callable[[ParsedPacket], None]
+
+
+@pytest.fixture(params=["detector", "monitor"])
+def via(request: pytest.FixtureRequest) -> Callable[[Any], Feed]:
+    """Each detection is checked twice: the detector fed every packet, and the detector inside
+    a SecurityMonitor, whose flow stage calls it only for the packets that can matter."""
+    def feed(det: Any) -> Feed:
+        if request.param == "detector":
+            return det.process
+        return SecurityMonitor(det.engine, [det]).process
+    return feed
+
+
 # --- port scans -----------------------------------------------------------------------------
 @pytest.mark.parametrize("flags,kind", [("S", "SYN/connect"), ("F", "FIN"), ("", "NULL"),
                                         ("FPU", "XMAS")])
-def test_vertical_tcp_scans_are_reported_once_naming_the_scanner(flags: str, kind: str) -> None:
+def test_vertical_tcp_scans_are_reported_once_naming_the_scanner(
+        flags: str, kind: str, via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = PortScanDetector(eng, threshold=10, scan_rate=0.5)
+    feed = via(det)
     t = 1000.0
     for port in range(1, 200):
         t += 0.01
-        det.process(frame(IP(src="10.1.0.66", dst="10.1.0.5") / TCP(sport=40000, dport=port,
+        feed(frame(IP(src="10.1.0.66", dst="10.1.0.5") / TCP(sport=40000, dport=port,
                                                                      flags=flags), t))
         # closed ports answer RST/ACK (stealth probes to open ports get nothing)
-        det.process(frame(IP(src="10.1.0.5", dst="10.1.0.66") / TCP(sport=port, dport=40000,
+        feed(frame(IP(src="10.1.0.5", dst="10.1.0.66") / TCP(sport=port, dport=40000,
                                                                      flags="RA"), t + 0.001))
     alerts = eng.alerts()
     assert [a.rule_id for a in alerts] == ["port_scan"]
@@ -54,56 +72,59 @@ def test_vertical_tcp_scans_are_reported_once_naming_the_scanner(flags: str, kin
     assert a.count > 1  # later reports were folded in
 
 
-def test_browser_and_ftp_patterns_are_not_scans() -> None:
+def test_browser_and_ftp_patterns_are_not_scans(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = PortScanDetector(eng, threshold=10, scan_rate=0.5)
+    feed = via(det)
     t = 0.0
     # A browser: 40 hosts on port 443 within two seconds, all answer SYN/ACK.
     for i in range(40):
         t += 0.05
         host = f"93.184.{i}.10"
-        det.process(frame(IP(src="192.168.1.2", dst=host) / TCP(sport=50000 + i, dport=443,
+        feed(frame(IP(src="192.168.1.2", dst=host) / TCP(sport=50000 + i, dport=443,
                                                                 flags="S"), t))
-        det.process(frame(IP(src=host, dst="192.168.1.2") / TCP(sport=443, dport=50000 + i,
+        feed(frame(IP(src=host, dst="192.168.1.2") / TCP(sport=443, dport=50000 + i,
                                                                 flags="SA"), t + 0.02))
     # Passive FTP: 40 data connections to distinct high ports of one server, all accepted.
     for i in range(40):
         t += 0.05
-        det.process(frame(IP(src="192.168.1.2", dst="198.51.100.7") /
+        feed(frame(IP(src="192.168.1.2", dst="198.51.100.7") /
                           TCP(sport=51000 + i, dport=30000 + i, flags="S"), t))
-        det.process(frame(IP(src="198.51.100.7", dst="192.168.1.2") /
+        feed(frame(IP(src="198.51.100.7", dst="192.168.1.2") /
                           TCP(sport=30000 + i, dport=51000 + i, flags="SA"), t + 0.02))
     # DNS answers: a resolver replying to many random client ports is not a UDP scan.
     for i in range(40):
         t += 0.05
-        det.process(frame(IP(src="8.8.8.8", dst="192.168.1.2") / UDP(sport=53, dport=40000 + i),
+        feed(frame(IP(src="8.8.8.8", dst="192.168.1.2") / UDP(sport=53, dport=40000 + i),
                           t))
     assert eng.alerts() == []
 
 
-def test_slow_probing_below_the_rate_is_not_reported() -> None:
+def test_slow_probing_below_the_rate_is_not_reported(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = PortScanDetector(eng, threshold=10, scan_rate=0.5)
+    feed = via(det)
     for i, port in enumerate(range(1, 40)):
-        det.process(frame(IP(src="10.1.0.66", dst="10.1.0.5") / TCP(dport=port, flags="S"),
+        feed(frame(IP(src="10.1.0.66", dst="10.1.0.5") / TCP(dport=port, flags="S"),
                           1000.0 + i * 5))  # one port every 5 s = 0.2 ports/s
     assert eng.alerts() == []
 
 
-def test_udp_scan_needs_port_unreachable_replies() -> None:
+def test_udp_scan_needs_port_unreachable_replies(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = PortScanDetector(eng, threshold=10, scan_rate=0.5)
+    feed = via(det)
     t = 0.0
     for port in range(100, 140):
         t += 0.02
         probe = IP(src="10.1.0.66", dst="10.1.0.5") / UDP(sport=45000, dport=port)
-        det.process(frame(probe, t))
+        feed(frame(probe, t))
     assert eng.alerts() == []  # nothing said the ports were closed yet
     for port in range(140, 160):
         t += 0.02
         probe = IP(src="10.1.0.66", dst="10.1.0.5") / UDP(sport=45000, dport=port)
-        det.process(frame(probe, t))
-        det.process(frame(IP(src="10.1.0.5", dst="10.1.0.66") / ICMP(type=3, code=3) /
+        feed(frame(probe, t))
+        feed(frame(IP(src="10.1.0.5", dst="10.1.0.66") / ICMP(type=3, code=3) /
                           IPerror(src="10.1.0.66", dst="10.1.0.5") /
                           UDPerror(sport=45000, dport=port), t + 0.001))
     alerts = eng.alerts()
@@ -111,33 +132,36 @@ def test_udp_scan_needs_port_unreachable_replies() -> None:
     assert "UDP" in alerts[0].message and alerts[0].evidence["icmp_unreachable"] >= 1
 
 
-def test_horizontal_sweep_of_one_port_across_hosts() -> None:
+def test_horizontal_sweep_of_one_port_across_hosts(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = PortScanDetector(eng, threshold=10, scan_rate=0.5)
+    feed = via(det)
     for i in range(1, 60):
-        det.process(frame(IP(src="10.2.0.99", dst=f"10.2.1.{i}") / TCP(dport=22, flags="S"),
+        feed(frame(IP(src="10.2.0.99", dst=f"10.2.1.{i}") / TCP(dport=22, flags="S"),
                           500.0 + i * 0.01))
     alerts = eng.alerts()
     assert [a.rule_id for a in alerts] == ["port_sweep"]
     assert alerts[0].src == "10.2.0.99" and "22" in alerts[0].dst
 
 
-def test_icmp_echo_sweep() -> None:
+def test_icmp_echo_sweep(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = PortScanDetector(eng, threshold=10, scan_rate=0.5)
+    feed = via(det)
     for i in range(1, 40):
-        det.process(frame(IP(src="10.2.0.99", dst=f"10.2.1.{i}") / ICMP(), 500.0 + i * 0.01))
+        feed(frame(IP(src="10.2.0.99", dst=f"10.2.1.{i}") / ICMP(), 500.0 + i * 0.01))
     assert rules(eng) == ["port_sweep"]
 
 
 # --- SYN flood -------------------------------------------------------------------------------
-def test_syn_flood_from_spoofed_sources() -> None:
+def test_syn_flood_from_spoofed_sources(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = SynFloodDetector(eng, syn_rate=200, half_open=200)
+    feed = via(det)
     rnd = random.Random(7)
     for i in range(600):
         src = f"{rnd.randint(1, 223)}.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}.1"
-        det.process(frame(IP(src=src, dst="10.3.0.1") / TCP(sport=1024 + i, dport=80,
+        feed(frame(IP(src=src, dst="10.3.0.1") / TCP(sport=1024 + i, dport=80,
                                                              flags="S"), 2000.0 + i / 1000))
     alerts = eng.alerts()
     assert [a.rule_id for a in alerts] == ["syn_flood"]
@@ -145,15 +169,17 @@ def test_syn_flood_from_spoofed_sources() -> None:
     assert alerts[0].evidence["half_open"] >= 200
 
 
-def test_busy_server_with_completed_handshakes_is_not_a_flood() -> None:
+def test_busy_server_with_completed_handshakes_is_not_a_flood(
+        via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = SynFloodDetector(eng, syn_rate=200, half_open=200)
+    feed = via(det)
     for i in range(600):
         src = f"172.16.{i // 250}.{i % 250 + 1}"
         t = 2000.0 + i / 1000
-        det.process(frame(IP(src=src, dst="10.3.0.1") / TCP(sport=2000 + i, dport=443,
+        feed(frame(IP(src=src, dst="10.3.0.1") / TCP(sport=2000 + i, dport=443,
                                                              flags="S"), t))
-        det.process(frame(IP(src=src, dst="10.3.0.1") / TCP(sport=2000 + i, dport=443,
+        feed(frame(IP(src=src, dst="10.3.0.1") / TCP(sport=2000 + i, dport=443,
                                                              flags="A"), t + 0.0005))
     assert eng.alerts() == []
 
@@ -164,14 +190,15 @@ def arp_reply(ip: str, mac: str, ts: float, eth_src: str | None = None):
                  ARP(op=2, psrc=ip, hwsrc=mac, pdst="10.4.0.2", hwdst=MAC_B), ts)
 
 
-def test_arp_ip_moving_to_another_mac_is_spoofing() -> None:
+def test_arp_ip_moving_to_another_mac_is_spoofing(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = ArpSpoofDetector(eng)
+    feed = via(det)
     for i in range(5):
-        det.process(arp_reply("10.4.0.1", MAC_A, 10.0 + i))  # the real gateway, repeatedly
+        feed(arp_reply("10.4.0.1", MAC_A, 10.0 + i))  # the real gateway, repeatedly
     assert eng.alerts() == []
     for i in range(5):
-        det.process(arp_reply("10.4.0.1", MAC_EVIL, 20.0 + i))
+        feed(arp_reply("10.4.0.1", MAC_EVIL, 20.0 + i))
     alerts = eng.alerts()
     assert [a.rule_id for a in alerts] == ["arp_spoof"]
     assert alerts[0].src == MAC_EVIL and alerts[0].dst == "10.4.0.1"
@@ -184,11 +211,12 @@ def test_arp_reply_whose_ethernet_source_disagrees() -> None:
     assert [(a.rule_id, a.src) for a in eng.alerts()] == [("arp_spoof", MAC_EVIL)]
 
 
-def test_gratuitous_arp_storm() -> None:
+def test_gratuitous_arp_storm(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = ArpSpoofDetector(eng, storm_threshold=20, storm_window=10)
+    feed = via(det)
     for i in range(30):
-        det.process(frame(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff") /
+        feed(frame(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff") /
                           ARP(op=1, psrc="10.4.0.7", hwsrc=MAC_A, pdst="10.4.0.7"), 5.0 + i * 0.1))
     assert rules(eng) == ["arp_storm"]
 
@@ -199,30 +227,33 @@ def dns_query(name: str, ts: float, client: str = "10.5.0.2"):
                  DNS(id=1, rd=1, qd=DNSQR(qname=name)), ts)
 
 
-def test_nxdomain_burst_per_client() -> None:
+def test_nxdomain_burst_per_client(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = DnsDetector(eng, nxdomain_threshold=20, window=60)
+    feed = via(det)
     for i in range(25):
-        det.process(frame(IP(src="10.5.0.53", dst="10.5.0.2") / UDP(sport=53, dport=33000) /
+        feed(frame(IP(src="10.5.0.53", dst="10.5.0.2") / UDP(sport=53, dport=33000) /
                           DNS(id=i, qr=1, rcode=3, qd=DNSQR(qname=f"qx{i}zk.example")), 10 + i))
     alerts = eng.alerts()
     assert [a.rule_id for a in alerts] == ["dns_nxdomain_burst"]
     assert alerts[0].src == "10.5.0.2"
 
 
-def test_long_random_names_are_a_tunnel_and_normal_names_are_not() -> None:
+def test_long_random_names_are_a_tunnel_and_normal_names_are_not(
+        via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = DnsDetector(eng)
+    feed = via(det)
     for i, name in enumerate(["www.wikipedia.org", "r3---sn-4g5e6nsz.googlevideo.com",
                               "semanticlocation-pa.googleapis.com",
                               "4.c.d.4.1.e.e.f.f.f.6.d.c.3.8.8.5.3.2.8.c.3.0.c.e.9.2.4.2.5.d.f."
                               "ip6.arpa"] * 5):
-        det.process(dns_query(name, float(i)))
+        feed(dns_query(name, float(i)))
     assert eng.alerts() == []
     rnd = random.Random(3)
     for i in range(6):
         data = "".join(rnd.choice("0123456789abcdef") for _ in range(120))
-        det.process(dns_query(f"{data[:60]}.{data[60:]}.t.exfil.example", 100.0 + i))
+        feed(dns_query(f"{data[:60]}.{data[60:]}.t.exfil.example", 100.0 + i))
     alerts = eng.alerts()
     assert [a.rule_id for a in alerts] == ["dns_tunnel"]
     assert "exfil.example" in alerts[0].message
@@ -245,11 +276,13 @@ def tcp_data(src: str, dst: str, sport: int, dport: int, data: bytes, ts: float)
             base64.b64encode(f"alice:{SECRET}".encode()) + b"\r\n\r\n"], "HTTP"),
 ])
 def test_cleartext_logins_are_reported_without_the_secret(dport: int, lines: list[bytes],
-                                                           proto: str) -> None:
+                                                           proto: str,
+                                                           via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = CleartextCredentialDetector(eng)
+    feed = via(det)
     for i, line in enumerate(lines * 2):
-        det.process(tcp_data("10.6.0.2", "10.6.0.21", 41000, dport, line, 1.0 + i))
+        feed(tcp_data("10.6.0.2", "10.6.0.21", 41000, dport, line, 1.0 + i))
     alerts = eng.alerts()
     assert [a.rule_id for a in alerts] == ["cleartext_credentials"]
     text = str(alerts[0].to_dict())
@@ -258,40 +291,75 @@ def test_cleartext_logins_are_reported_without_the_secret(dport: int, lines: lis
     assert base64.b64encode(f"alice:{SECRET}".encode()).decode() not in text
 
 
-def test_telnet_login_prompt_exchange() -> None:
+def test_telnet_login_prompt_exchange(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = CleartextCredentialDetector(eng)
-    det.process(tcp_data("10.6.0.23", "10.6.0.2", 23, 41001, b"\r\nlogin: ", 1.0))
-    det.process(tcp_data("10.6.0.2", "10.6.0.23", 41001, 23, b"alice\r\n", 2.0))
+    feed = via(det)
+    feed(tcp_data("10.6.0.23", "10.6.0.2", 23, 41001, b"\r\nlogin: ", 1.0))
+    feed(tcp_data("10.6.0.2", "10.6.0.23", 41001, 23, b"alice\r\n", 2.0))
     assert eng.alerts() == []
-    det.process(tcp_data("10.6.0.23", "10.6.0.2", 23, 41001, b"Password: ", 3.0))
-    det.process(tcp_data("10.6.0.2", "10.6.0.23", 41001, 23, SECRET.encode() + b"\r\n", 4.0))
+    feed(tcp_data("10.6.0.23", "10.6.0.2", 23, 41001, b"Password: ", 3.0))
+    feed(tcp_data("10.6.0.2", "10.6.0.23", 41001, 23, SECRET.encode() + b"\r\n", 4.0))
     alerts = eng.alerts()
     assert [(a.rule_id, a.src) for a in alerts] == [("cleartext_credentials", "10.6.0.2")]
     assert SECRET not in str(alerts[0].to_dict())
 
 
-def test_plain_http_without_auth_is_quiet() -> None:
+def test_plain_http_without_auth_is_quiet(via: Callable[[Any], Feed]) -> None:
     eng = AlertEngine()
     det = CleartextCredentialDetector(eng)
-    det.process(tcp_data("10.6.0.2", "10.6.0.80", 41000, 80,
+    feed = via(det)
+    feed(tcp_data("10.6.0.2", "10.6.0.80", 41000, 80,
                          b"GET / HTTP/1.1\r\nHost: a\r\nCookie: Basic x\r\n\r\n", 1.0))
-    det.process(tcp_data("10.6.0.2", "10.6.0.21", 41000, 21, b"USER anonymous\r\n", 2.0))
+    feed(tcp_data("10.6.0.2", "10.6.0.21", 41000, 21, b"USER anonymous\r\n", 2.0))
     assert eng.alerts() == []
 
 
+def test_logins_deep_in_long_connections_are_found(via: Callable[[Any], Feed]) -> None:
+    """Through the monitor's flow stage too: a Basic header on the 31st request of a keep-alive
+    connection, and an FTP PASS after a long control session, are still seen."""
+    eng = AlertEngine()
+    det = CleartextCredentialDetector(eng)
+    feed = via(det)
+    server = "10.6.0.80"
+    conns = (("10.6.0.2", 41000, 8080), ("10.6.0.3", 41001, 21), ("10.6.0.4", 41002, 443))
+    t = 1.0
+    for client, sport, dport in conns:
+        for flags, a, b, sp, dp in (("S", client, server, sport, dport),
+                                    ("SA", server, client, dport, sport),
+                                    ("A", client, server, sport, dport)):
+            t += 0.01
+            feed(frame(IP(src=a, dst=b) / TCP(sport=sp, dport=dp, flags=flags), t))
+    talk = {8080: (b"GET /p HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n" + bytes(1000)),
+            21: (b"NOOP\r\n", b"200 NOOP ok\r\n"), 443: (bytes(range(200)), bytes(1400))}
+    for _ in range(30):
+        for client, sport, dport in conns:
+            t += 0.01
+            ask, answer = talk[dport]
+            feed(tcp_data(client, server, sport, dport, ask, t))
+            feed(tcp_data(server, client, dport, sport, answer, t))
+    assert eng.alerts() == []
+    feed(tcp_data("10.6.0.2", server, 41000, 8080, b"GET /admin HTTP/1.1\r\n"
+                  b"Authorization: Basic " + base64.b64encode(b"a:" + SECRET.encode()) +
+                  b"\r\n\r\n", t + 1))
+    feed(tcp_data("10.6.0.3", server, 41001, 21, f"PASS {SECRET}\r\n".encode(), t + 2))
+    assert sorted((a.src, a.dst, a.evidence["protocol"]) for a in eng.alerts()) == [
+        ("10.6.0.2", f"{server}:8080", "HTTP"), ("10.6.0.3", f"{server}:21", "FTP")]
+
+
 # --- reputation / new talker -------------------------------------------------------------------
-def test_blocklisted_addresses_in_either_direction() -> None:
+def test_blocklisted_addresses_in_either_direction(via: Callable[[Any], Feed]) -> None:
     bl = BlockList()
     bl.load_lines(["# test list", "203.0.113.0/24 ; SBL1", "2001:db8:bad::/48"], "drop")
     eng = AlertEngine()
     det = ReputationDetector(eng, blocklist=bl)
-    det.process(frame(IP(src="10.7.0.2", dst="198.51.100.1") / TCP(dport=443), 1.0))
+    feed = via(det)
+    feed(frame(IP(src="10.7.0.2", dst="198.51.100.1") / TCP(dport=443), 1.0))
     assert eng.alerts() == []
-    det.process(frame(IP(src="203.0.113.77", dst="10.7.0.2") / TCP(dport=22), 2.0))
-    det.process(frame(IP(src="10.7.0.2", dst="203.0.113.77") / TCP(sport=22), 2.1))
+    feed(frame(IP(src="203.0.113.77", dst="10.7.0.2") / TCP(dport=22), 2.0))
+    feed(frame(IP(src="10.7.0.2", dst="203.0.113.77") / TCP(sport=22), 2.1))
     for i in range(100):  # a busy flow: the engine hears about it about once a second
-        det.process(frame(IP(src="203.0.113.77", dst="10.7.0.2") / TCP(dport=22), 2.2 + i / 20))
+        feed(frame(IP(src="203.0.113.77", dst="10.7.0.2") / TCP(dport=22), 2.2 + i / 20))
     alerts = eng.alerts()
     assert [(a.rule_id, a.src, a.dst) for a in alerts] == [
         ("blocklisted_address", "203.0.113.77", "10.7.0.2")]
@@ -299,15 +367,16 @@ def test_blocklisted_addresses_in_either_direction() -> None:
     assert 4 <= alerts[0].count <= 7 and alerts[0].evidence["packets"] >= 95
 
 
-def test_new_talker_after_learning_period() -> None:
+def test_new_talker_after_learning_period(via: Callable[[Any], Feed]) -> None:
     table = {"198.51.100.1": ("US", 64500), "198.51.100.2": ("US", 64500),
              "203.0.113.9": ("NL", 64501)}
     eng = AlertEngine()
     det = NewTalkerDetector(eng, lambda ip: table.get(ip, (None, None)), learn_seconds=10)
-    det.process(frame(IP(src="10.8.0.2", dst="198.51.100.1") / TCP(flags="S"), 0.0))
-    det.process(frame(IP(src="10.8.0.2", dst="198.51.100.2") / TCP(flags="S"), 20.0))
+    feed = via(det)
+    feed(frame(IP(src="10.8.0.2", dst="198.51.100.1") / TCP(flags="S"), 0.0))
+    feed(frame(IP(src="10.8.0.2", dst="198.51.100.2") / TCP(flags="S"), 20.0))
     assert eng.alerts() == []  # US/AS64500 learnt while learning
-    det.process(frame(IP(src="10.8.0.2", dst="203.0.113.9") / TCP(flags="S"), 30.0))
+    feed(frame(IP(src="10.8.0.2", dst="203.0.113.9") / TCP(flags="S"), 30.0))
     assert sorted(rules(eng)) == ["new_asn", "new_country"]
 
 
@@ -328,17 +397,18 @@ def test_monitor_routes_and_sees_tunnelled_packets() -> None:
     mon.close()
 
 
-def test_icmpv6_echo_sweep_and_udp6_scan() -> None:
+def test_icmpv6_echo_sweep_and_udp6_scan(via: Callable[[Any], Feed]) -> None:
     from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6, IPerror6
     eng = AlertEngine()
     det = PortScanDetector(eng, threshold=10, scan_rate=0.5)
+    feed = via(det)
     for i in range(1, 30):
-        det.process(frame(IPv6(src="fd00::66", dst=f"fd00::1:{i:x}") / ICMPv6EchoRequest(),
+        feed(frame(IPv6(src="fd00::66", dst=f"fd00::1:{i:x}") / ICMPv6EchoRequest(),
                           10.0 + i * 0.01))
     for port in range(100, 130):
-        det.process(frame(IPv6(src="fd00::66", dst="fd00::5") / UDP(sport=45000, dport=port),
+        feed(frame(IPv6(src="fd00::66", dst="fd00::5") / UDP(sport=45000, dport=port),
                           20.0 + port * 0.01))
-        det.process(frame(IPv6(src="fd00::5", dst="fd00::66") / ICMPv6DestUnreach(code=4) /
+        feed(frame(IPv6(src="fd00::5", dst="fd00::66") / ICMPv6DestUnreach(code=4) /
                           IPerror6(src="fd00::66", dst="fd00::5") /
                           UDPerror(sport=45000, dport=port), 20.0 + port * 0.01))
     assert sorted((a.rule_id, a.src) for a in eng.alerts()) == [
