@@ -3,7 +3,8 @@
 Producers (the capture pipeline, resolvers, detectors) never touch SQLite: they hand rows to
 this writer, which costs a lock and a dict update per call and never blocks or raises. The
 writer thread commits up to ``batch_size`` operations per transaction, at the latest
-``flush_ms`` after the first of them was queued.
+``flush_ms`` after the first of them was queued; WAL checkpoints run beside it
+(:mod:`db.checkpointer`), so its commits never wait for an fsync.
 
 Flow updates are coalesced while queued: the queue holds at most one pending update per
 (session, flow_key), and a newer update replaces the row in place (the flow dict carries
@@ -26,6 +27,7 @@ from collections import deque
 from typing import Any, Callable
 
 from config import DB_WRITE_BATCH_SIZE, DB_WRITE_FLUSH_MS, DB_WRITE_QUEUE_SIZE
+from db.checkpointer import CHECKPOINT_INTERVAL_S, WAL_LIMIT_BYTES, WalCheckpointer
 from db.connection import ConnectionPool
 from db.errors import (
     SQLITE_BUSY, SQLITE_CANTOPEN, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_IOERR, SQLITE_LOCKED,
@@ -52,6 +54,14 @@ WriteOp = Callable[[sqlite3.Connection], Any]
 FlowKey = tuple[int, str]
 
 
+def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(old)
+    for k, v in new.items():
+        if v is not None:
+            merged[k] = v
+    return merged
+
+
 class _Fatal(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(reason)
@@ -67,10 +77,14 @@ class DatabaseWriter:
         batch_size: operations per transaction.
         flush_ms: the longest an operation waits in the queue before its batch is written.
         queue_size: queued operations at most (coalesced flow updates take no extra slot).
+        checkpoint_interval: seconds between background WAL checkpoints while writing.
+        wal_limit_bytes: WAL file size past which the writer checkpoints itself.
     """
 
     def __init__(self, pool: ConnectionPool, batch_size: int = DB_WRITE_BATCH_SIZE,
-                 flush_ms: int = DB_WRITE_FLUSH_MS, queue_size: int = DB_WRITE_QUEUE_SIZE) -> None:
+                 flush_ms: int = DB_WRITE_FLUSH_MS, queue_size: int = DB_WRITE_QUEUE_SIZE, *,
+                 checkpoint_interval: float = CHECKPOINT_INTERVAL_S,
+                 wal_limit_bytes: int = WAL_LIMIT_BYTES) -> None:
         self.pool = pool
         self.batch_size = max(1, int(batch_size))
         self.flush_s = max(0.0, flush_ms / 1000.0)
@@ -89,6 +103,7 @@ class DatabaseWriter:
         self._stopped = ""         # reason, once the writer no longer persists
         self._detail = ""
         self._thread: threading.Thread | None = None
+        self._checkpointer = WalCheckpointer(pool, checkpoint_interval, wal_limit_bytes)
         # counters (read without the lock by stats(): plain ints, torn reads are harmless)
         self.written_ops = 0
         self.batches = 0
@@ -140,15 +155,23 @@ class DatabaseWriter:
 
     # ---- producers (any thread; never block, never raise) -------------------------------------
     def upsert_flow(self, session_id: int, row: dict[str, Any]) -> None:
-        """Queue the newest state of a flow. The writer keeps ``row``: do not mutate it later."""
+        """Queue the newest state of a flow. The writer keeps ``row``: do not mutate it later.
+
+        ``row`` may carry only some columns (a counters-only update of a stored flow): only
+        those are written. It needs ``flow_key`` and, in case the flow is not stored yet, the
+        NOT NULL ones: ``protocol``, ``src_ip``, ``dst_ip``, ``first_seen``, ``last_seen``.
+        """
         key = (session_id, row["flow_key"])
         with self._work:
             if self._stopped or self._closing:
                 self.dropped += 1
                 return
             pending = self._pending
-            if key in pending:
-                pending[key] = row
+            old = pending.get(key)
+            if old is not None:
+                # a row with fewer keys (a counters-only update) goes on top of the queued one,
+                # as if both were written in turn: None does not erase, missing keys stay
+                pending[key] = row if len(row) >= len(old) else _merge(old, row)
                 self.coalesced += 1
                 return
             ops = self._ops
@@ -211,12 +234,28 @@ class DatabaseWriter:
             "errors": self.errors,
             "coalesced": self.coalesced,
             "max_queued": self.max_queued,
+            "checkpoints": self._checkpointer.checkpoints + self._checkpointer.forced,
             "state": self.state,
             "error": self._detail,
         }
 
     # ---- the writer thread --------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            with self.pool.writer() as conn:
+                self._checkpointer.start(conn)
+        except DatabaseError:
+            pass  # the pool is closed: the first batch reports it
+        try:
+            self._loop()
+        finally:
+            try:
+                with self.pool.writer() as conn:
+                    self._checkpointer.stop(conn)
+            except DatabaseError:
+                self._checkpointer.stop(None)
+
+    def _loop(self) -> None:
         while True:
             with self._work:
                 while not self._ops and not self._closing:
@@ -282,6 +321,7 @@ class DatabaseWriter:
                             raise
                         # one op is bad: redo the batch op by op, skipping the failures
                         self._apply(conn, batch, isolate=True)
+                    self._checkpointer.after_commit(conn)
                 self.batches += 1
                 return
             except sqlite3.Error as exc:
@@ -323,19 +363,26 @@ class DatabaseWriter:
     @staticmethod
     def _apply_grouped(conn: sqlite3.Connection,
                        batch: list[tuple[FlowKey, dict[str, Any]] | WriteOp]) -> None:
-        # consecutive flow rows go to the database in one executemany
-        params: list[list[Any]] = []
+        # flow rows between two submitted ops go in one executemany per statement shape (full
+        # rows, counters-only rows): a flow is queued at most once, so their order is free
+        groups: dict[str, list[list[Any]]] = {}
+        statement = flow_repo.flow_statement
         for item in batch:
             if isinstance(item, tuple):
                 (session_id, _), row = item
-                params.append(flow_repo.flow_params(session_id, row))
+                sql, params = statement(session_id, row)
+                group = groups.get(sql)
+                if group is None:
+                    groups[sql] = [params]
+                else:
+                    group.append(params)
                 continue
-            if params:
-                flow_repo.upsert_flow_params(conn, params)
-                params = []
+            for sql, rows in groups.items():
+                conn.executemany(sql, rows)
+            groups.clear()
             item(conn)
-        if params:
-            flow_repo.upsert_flow_params(conn, params)
+        for sql, rows in groups.items():
+            conn.executemany(sql, rows)
 
     def _apply_each(self, conn: sqlite3.Connection,
                     batch: list[tuple[FlowKey, dict[str, Any]] | WriteOp]) -> int:
@@ -345,7 +392,7 @@ class DatabaseWriter:
             try:
                 if isinstance(item, tuple):
                     (session_id, _), row = item
-                    flow_repo.upsert_flow_params(conn, [flow_repo.flow_params(session_id, row)])
+                    conn.execute(*flow_repo.flow_statement(session_id, row))
                 else:
                     item(conn)
             except sqlite3.Error as exc:

@@ -226,3 +226,111 @@ def test_enrichment_only_update_keeps_the_counters(pool: ConnectionPool, session
     row = flows.get(session, key)
     assert row is not None
     assert (row["packets_sent"], row["bytes_sent"], row["dst_fqdn"]) == (7, 700, "db.example.net")
+
+
+def _counters(i: int, **over: Any) -> dict[str, Any]:
+    """A counters-only update, as the session recorder sends for a flow it stored before."""
+    full = flow_row(i)
+    row = {k: full[k] for k in ("flow_key", "protocol", "src_ip", "src_port", "dst_ip",
+                                "dst_port", "first_seen", "last_seen")}
+    row.update(packets_sent=0, packets_recv=0, bytes_sent=0, bytes_recv=0, state="ESTABLISHED")
+    row.update(over)
+    return row
+
+
+def test_counters_only_update_keeps_what_it_does_not_carry(pool: ConnectionPool,
+                                                          session: int) -> None:
+    writer = DatabaseWriter(pool).start()
+    writer.upsert_flow(session, flow_row(1, dst_fqdn="api.example.com", classification="web",
+                                         ttl_sent=64, tcp_window_scale=7))
+    assert writer.flush(10)
+    writer.upsert_flow(session, _counters(1, packets_sent=9, bytes_recv=5000, last_seen=1009.0,
+                                          first_seen=999.0))
+    writer.close()
+    row = FlowRepository(pool).get(session, flow_row(1)["flow_key"])
+    assert row is not None
+    assert (row["packets_sent"], row["bytes_recv"], row["last_seen"], row["state"]) == \
+        (9, 5000, 1009.0, "ESTABLISHED")
+    assert (row["dst_fqdn"], row["classification"], row["ttl_sent"], row["encrypted"]) == \
+        ("api.example.com", "web", 64, True)
+    assert row["tcp_window_scale"] == 7
+    assert row["first_seen"] == 1001.0   # a flow's start is written once
+
+
+def test_counters_only_update_of_an_unknown_flow_stores_it(pool: ConnectionPool,
+                                                           session: int) -> None:
+    # its whole row was lost (say, dropped by a full queue): the flow still gets its row
+    writer = DatabaseWriter(pool).start()
+    writer.upsert_flow(session, _counters(4, packets_sent=3))
+    writer.close()
+    row = FlowRepository(pool).get(session, flow_row(4)["flow_key"])
+    assert row is not None
+    assert (row["src_port"], row["dst_port"], row["packets_sent"], row["packets_recv"]) == \
+        (10004, 443, 3, 0)
+
+
+def test_counters_only_update_queued_on_a_whole_row_keeps_both(pool: ConnectionPool,
+                                                               session: int) -> None:
+    writer = DatabaseWriter(pool)   # not started: both meet in the queue
+    writer.upsert_flow(session, flow_row(2, dst_fqdn="cdn.example.net", classification="web"))
+    writer.upsert_flow(session, _counters(2, packets_sent=40, bytes_sent=None))
+    assert writer.stats()["queued"] == 1
+    writer.start()
+    writer.close()
+    row = FlowRepository(pool).get(session, flow_row(2)["flow_key"])
+    assert row is not None
+    assert (row["packets_sent"], row["bytes_sent"], row["dst_fqdn"], row["classification"]) == \
+        (40, 60, "cdn.example.net", "web")
+
+
+def _write_rounds(writer: DatabaseWriter, sid: int, wal: Path, rounds: int) -> int:
+    largest = 0
+    for rnd in range(rounds):
+        for i in range(4000):
+            writer.upsert_flow(sid, flow_row(i, packets_sent=rnd + 1, dst_fqdn=f"h{i}.example"))
+        assert writer.flush(30)
+        largest = max(largest, wal.stat().st_size)
+    return largest
+
+
+def test_checkpoints_run_beside_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    pool = ConnectionPool(path)
+    sid = SessionRepository(pool).start("file", "big.pcap")
+    writer = DatabaseWriter(pool, batch_size=200, flush_ms=5, checkpoint_interval=0.01).start()
+    _write_rounds(writer, sid, Path(str(path) + "-wal"), 2)
+    with pool.writer() as conn:   # SQLite's own checkpoints are off while the writer runs
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    # the rows reach the main file while the writer runs: only checkpoints put them there
+    grown = threading.Event()
+    for _ in range(500):
+        if path.stat().st_size > 1_000_000:
+            grown.set()
+            break
+        grown.wait(0.01)
+    assert grown.is_set(), f"main file still {path.stat().st_size} bytes"
+    stats = writer.stats()
+    writer.close()
+    assert stats["checkpoints"] > 0 and stats["dropped"] == 0
+    with pool.writer() as conn:
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    assert FlowRepository(pool).totals(sid) == {"flows": 4000, "packets": 4000 * 2,
+                                                "bytes": 4000 * 60}
+    pool.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    conn.close()
+
+
+def test_wal_past_its_limit_is_checkpointed_by_the_writer(tmp_path: Path) -> None:
+    # background checkpoints too rare to keep up: the writer rewinds the WAL itself
+    path = tmp_path / "d.db"
+    pool = ConnectionPool(path)
+    sid = SessionRepository(pool).start("file", "big.pcap")
+    writer = DatabaseWriter(pool, batch_size=200, flush_ms=5, checkpoint_interval=3600,
+                            wal_limit_bytes=512 * 1024).start()
+    largest = _write_rounds(writer, sid, Path(str(path) + "-wal"), 6)
+    writer.close()
+    assert largest < 2_000_000, f"WAL grew to {largest} bytes"
+    assert FlowRepository(pool).totals(sid)["packets"] == 4000 * 6
+    pool.close()

@@ -3,7 +3,9 @@
 The row dict is the flow tracker's ``Flow.as_dict()`` plus enrichment (geo, names, DPI). Keys
 this schema has no column for are kept in the ``extra`` JSON column, so new fields upstream
 never break persistence. ``None`` in an update never erases a stored value (enrichment that
-arrived earlier survives a later counter-only update).
+arrived earlier survives a later counter-only update), and a row writes only the columns it
+carries, so a counters-only update is cheap. The flow's identity (key, protocol, addresses,
+ports, first_seen) is written once, when the row is created.
 """
 from __future__ import annotations
 
@@ -31,21 +33,49 @@ _KNOWN = frozenset(FLOW_COLUMNS)
 #: keys computed from other columns: not stored, rebuilt on read
 _DERIVED = frozenset({"duration", "packets", "bytes"})
 _JSON_COLUMNS = frozenset({"anomaly_reasons", "alpn"})
-#: their positions in the parameter list (after session_id)
-_JSON_IDX = tuple(i + 1 for i, c in enumerate(FLOW_COLUMNS) if c in _JSON_COLUMNS)
 _SKIP = _KNOWN | _DERIVED
 #: NOT NULL counters: a new row without them stores 0 (an explicit NULL bypasses the default)
 _COUNTERS = frozenset({"packets_sent", "packets_recv", "bytes_sent", "bytes_recv"})
+#: written when the row is created, never updated: the key spells the addresses, ports and
+#: protocol, and a flow's first packet does not move. Leaving them out of the update spares the writes to the unique,
+#: dst_ip and first_seen indexes on every counter update.
+_INSERT_ONLY = frozenset({"flow_key", "protocol", "ip_version", "src_ip", "src_port", "dst_ip",
+                          "dst_port", "first_seen"})
 
-_ALL = ("session_id",) + FLOW_COLUMNS + ("extra",)
-# Numbered parameters let the update read the row's raw values: a key that is None (or missing)
-# in an update keeps the stored value, while a new row still gets 0 for a missing counter.
-UPSERT_SQL = (
-    f"INSERT INTO flows ({', '.join(_ALL)}) VALUES ("
-    + ", ".join(f"COALESCE(?{i}, 0)" if c in _COUNTERS else f"?{i}" for i, c in enumerate(_ALL, 1))
-    + ") ON CONFLICT(session_id, flow_key) DO UPDATE SET "
-    + ", ".join(f"{c} = COALESCE(?{i}, {c})" for i, c in enumerate(_ALL, 1) if i > 2)
-)
+
+class _Shape:
+    """The statement for rows with one set of keys: only the columns a row carries are written.
+
+    A counters-only row (the tracker's update of a flow already stored) then binds a dozen
+    parameters and touches two indexes instead of ~55 columns and five indexes.
+    """
+
+    __slots__ = ("sql", "columns", "json_idx", "unknown")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        present = frozenset(keys)
+        self.columns = tuple(c for c in FLOW_COLUMNS if c in present)
+        #: keys with no column (kept in ``extra``), in the row's order
+        self.unknown = tuple(k for k in keys if k not in _SKIP)
+        #: positions of JSON columns in the parameter list (after session_id)
+        self.json_idx = tuple(i + 1 for i, c in enumerate(self.columns) if c in _JSON_COLUMNS)
+        cols = ("session_id",) + self.columns + (("extra",) if self.unknown else ())
+        # Numbered parameters let the update read the row's raw values: a key that is None in
+        # an update keeps the stored value, while a new row still gets 0 for a missing counter.
+        updates = [f"{c} = COALESCE(?{i}, {c})" for i, c in enumerate(cols, 1)
+                   if c != "session_id" and c not in _INSERT_ONLY]
+        self.sql = (
+            f"INSERT INTO flows ({', '.join(cols)}) VALUES ("
+            + ", ".join(f"COALESCE(?{i}, 0)" if c in _COUNTERS else f"?{i}"
+                        for i, c in enumerate(cols, 1))
+            + ") ON CONFLICT(session_id, flow_key) DO "
+            + ("UPDATE SET " + ", ".join(updates) if updates else "NOTHING"))
+
+
+#: statement per tuple of row keys (rows from one producer share their key order, so this
+#: holds a handful of entries; cleared if some producer keeps inventing new shapes)
+_SHAPES: dict[tuple[str, ...], _Shape] = {}
+_SHAPES_MAX = 256
 
 #: sort keys the panels and CLI may ask for -> SQL (a whitelist: never user text in SQL)
 SORTS: dict[str, str] = {
@@ -67,28 +97,44 @@ _FILTER_COLUMNS = ("src_ip", "dst_ip", "protocol", "src_fqdn", "dst_fqdn", "dst_
                    "app_protocol")
 
 
-def flow_params(session_id: int, row: dict[str, Any]) -> list[Any]:
-    """The statement parameters for one row dict (runs on the writer thread for every row)."""
-    values: list[Any] = [session_id, *map(row.get, FLOW_COLUMNS)]
-    for idx in _JSON_IDX:
+def flow_statement(session_id: int, row: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The upsert statement for ``row``'s keys and its parameters (the writer's per-row work).
+
+    Rows with the same keys get the same statement string, so a caller can group them into
+    one ``executemany``.
+    """
+    keys = tuple(row)
+    shape = _SHAPES.get(keys)
+    if shape is None:
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        shape = _SHAPES[keys] = _Shape(keys)
+    values: list[Any] = [session_id, *map(row.__getitem__, shape.columns)]
+    for idx in shape.json_idx:
         value = values[idx]
         if value is not None and not isinstance(value, str):
             values[idx] = to_json(value) if value else "[]"
-    unknown = row.keys() - _SKIP
-    values.append(to_json({k: row[k] for k in unknown}) if unknown else None)
-    return values
+    if shape.unknown:
+        values.append(to_json({k: row[k] for k in shape.unknown}))
+    return shape.sql, values
 
 
 def upsert_flows(conn: sqlite3.Connection, session_id: int, rows: Iterable[dict[str, Any]]) -> int:
     """Insert or update flows (inside the caller's transaction). Returns the rows handed."""
-    params = [flow_params(session_id, r) for r in rows]
-    conn.executemany(UPSERT_SQL, params)
-    return len(params)
-
-
-def upsert_flow_params(conn: sqlite3.Connection, params: list[list[Any]]) -> None:
-    """Upsert rows already turned into parameters by :func:`flow_params` (the writer's path)."""
-    conn.executemany(UPSERT_SQL, params)
+    # runs of rows with the same keys share one executemany; the order of rows is kept (the
+    # same flow may come twice, and its later row must win)
+    run_sql, run, n = "", [], 0
+    for row in rows:
+        sql, params = flow_statement(session_id, row)
+        if sql != run_sql and run:
+            conn.executemany(run_sql, run)
+            run = []
+        run_sql = sql
+        run.append(params)
+        n += 1
+    if run:
+        conn.executemany(run_sql, run)
+    return n
 
 
 def save_classification(conn: sqlite3.Connection, session_id: int, flow_key: str,
