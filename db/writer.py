@@ -224,6 +224,11 @@ class DatabaseWriter:
         """``"ok"`` while persisting, else ``"stopped: <reason>"``."""
         return f"stopped: {self._stopped}" if self._stopped else "ok"
 
+    @property
+    def backlog(self) -> int:
+        """Operations queued and not yet taken by the writer thread (cheap: no lock)."""
+        return len(self._ops)
+
     def stats(self) -> dict[str, Any]:
         """Counters for the dashboard: queued, written_ops, batches, dropped, errors, state."""
         return {
