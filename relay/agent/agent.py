@@ -117,9 +117,13 @@ class RelayAgent:
         """Call after the capture ended and flows retired: send the rest and a Bye, wait for
         the acks up to ``timeout``; True if the server acknowledged everything."""
         loop = self._loop
-        if loop is None or self._thread is None:
+        if loop is None or self._thread is None or self._done.is_set():
             return False
-        fut = asyncio.run_coroutine_threadsafe(self._final(timeout), loop)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._final(timeout), loop)
+        except RuntimeError:  # the loop just ended (a fatal relay error)
+            self.stop()
+            return False
         try:
             ok = fut.result(timeout + 5)
         except (TimeoutError, asyncio.CancelledError, RelayError):
@@ -156,8 +160,17 @@ class RelayAgent:
         try:
             loop.run_until_complete(self._main())
         finally:
-            loop.close()
-            self._done.set()
+            try:
+                # A finish() that raced a fatal error left a task: cancel it, so its caller
+                # gets CancelledError instead of a task destroyed with the loop.
+                pending = asyncio.all_tasks(loop)
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            finally:
+                loop.close()
+                self._done.set()
 
     # ---- the loop --------------------------------------------------------------------------------
     async def _main(self) -> None:
