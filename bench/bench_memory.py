@@ -52,6 +52,11 @@ def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int]:
         rt.pipeline.stages = []
         rt.pipeline.flow_stages = []
     frames = CaptureFile(path)
+    # Let the start-up loaders (offline geo data) finish first, so none of their allocations
+    # land in the traced window (on a busy machine they would, by a varying amount).
+    for t in threading.enumerate():
+        if t.name.startswith("geo-offline"):
+            t.join(60)
     gc.collect()
     tracemalloc.start()
     base = _total(_traced())
