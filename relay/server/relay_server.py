@@ -295,8 +295,9 @@ class RelayServer:
                                            max_message_bytes=self.max_message_bytes))
             end = await self._serve_agent(ws, agent, address)
         except ConnectionClosedError as exc:
-            code = exc.rcvd.code if exc.rcvd else (exc.sent.code if exc.sent else 0)
-            if code == 1009:
+            # We close with 1009 ourselves; the agent's own close may have crossed ours.
+            codes = {c.code for c in (exc.sent, exc.rcvd) if c is not None}
+            if 1009 in codes:
                 self._reject("oversized", f"agent {agent} at {address}: message over "
                              f"{self.max_message_bytes} bytes")
             else:
