@@ -41,7 +41,7 @@ def main() -> None:
         for label, flags in MODES.items():
             t = time.perf_counter()
             subprocess.run([PY, str(ROOT / "main.py"), "-r", str(a.capture), "--no-ui", "--no-db",
-                            "--log-file", "/dev/null", *flags], check=True, stdout=subprocess.DEVNULL)
+                            "--log-file", "/dev/null", *flags], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             best[label] = min(best.get(label, 1e9), time.perf_counter() - t)
     base = n / best["all on (offline geo, names, DPI)"]
     print(f"capture: {a.capture} ({n} packets), best of {a.repeat}, whole process incl. start-up")
