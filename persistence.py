@@ -6,6 +6,7 @@ coalescing queue keeps the capture path from ever waiting on SQLite.
 """
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any, Callable
 
@@ -167,7 +168,8 @@ class SessionRecorder:
         self.writer.close(timeout=30)
         try:
             self.sessions.close(self.session_id, time.time(), packets, bytes_, flows, dropped)
-        except DatabaseError as exc:
+        except (DatabaseError, sqlite3.Error) as exc:
+            # e.g. the disk filled up: the session stays listed without an end time
             log.error("could not close session %s: %s", self.session_id, exc)
 
     @property
