@@ -134,8 +134,22 @@ class Runtime:
             self.pool.close()
             raise RuntimeError_(str(exc)) from None
         self.pipeline.periodic.append(self.recorder.on_tick)
+        self._attach_resolver_caches()
         for hook in comp.on_database:
             hook(self.recorder.writer, self.pipeline.periodic)
+
+    def _attach_resolver_caches(self) -> None:
+        """Geo (24 h) and name (1 h) answers survive restarts through the database."""
+        from db.repositories.dns_repo import DnsRepository
+        from db.repositories.geo_repo import GeoRepository
+        enr = self.components.enricher
+        if enr is None:
+            return
+        s = self.settings
+        if enr.geo is not None:
+            enr.geo.cache.attach_store(GeoRepository(self.pool), s.DB_GEO_CACHE_TTL)
+        if enr.names is not None:
+            enr.names.cache.attach_store(DnsRepository(self.pool), s.DB_DNS_CACHE_TTL)
 
     @property
     def session_id(self) -> int | None:

@@ -107,6 +107,12 @@ class ResolverCache(Generic[V]):
             except Exception as exc:  # boundary: a failing database must not stop resolution
                 log.warning("%s cache: saving to store failed: %s", self.name, exc)
 
+    def attach_store(self, store: Any, max_age_s: float) -> int:
+        """Persist from now on through ``store`` and warm the cache from it (the database
+        opens after the resolvers are built)."""
+        self._store = store
+        return self.load_from_store(max_age_s)
+
     def load_from_store(self, max_age_s: float) -> int:
         """Warm the cache from the store: an entry lives until its stored age reaches
         ``max_age_s``, and never longer than ``ttl`` from now."""
