@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import ROOT, require_root, require_tool
+from conftest import ROOT, require, require_root, require_tool
 from db.connection import ConnectionPool
 from db.errors import DatabaseReadOnlyError
 from db.repositories.flow_repo import FlowRepository
@@ -195,8 +195,8 @@ def test_immutable_file_is_a_clear_error(tmp_path: Path) -> None:
     require_tool("chattr")
     path = tmp_path / "data.db"
     ConnectionPool(path).close()
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("file system without immutable files")
+    immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    require(immutable, "file system without immutable files (chattr +i)")
     try:
         with pytest.raises(DatabaseReadOnlyError):
             ConnectionPool(path)

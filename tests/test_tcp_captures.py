@@ -10,7 +10,7 @@ import pytest
 from capture.errors import CaptureFileError
 from capture.packet import ACK, FIN, PROTO_TCP, SYN, ParsedPacket
 from capture.reader import iter_parsed
-from tests.conftest import CAPTURE_FILES, expected_for
+from tests.conftest import CAPTURE_FILES, expected_for, require
 from tracking.tcp_state import (
     EV_ANY_RETRANSMISSION, EV_DUP_ACK, EV_FAST_RETRANSMISSION, EV_KEEP_ALIVE, EV_LOST_SEGMENT,
     EV_OUT_OF_ORDER, EV_RST, EV_SPURIOUS_RETRANSMISSION, EV_WINDOW_FULL, EV_ZERO_WINDOW,
@@ -142,8 +142,7 @@ def test_streams_and_initial_rtt_match_tshark(path: Path) -> None:
 
 def test_totals_over_a_real_capture_equal_tshark_counts() -> None:
     path = next((p for p in CAPTURE_FILES if p.name == "mobile-android-mix.pcap"), None)
-    if path is None:
-        pytest.skip("mobile-android-mix.pcap not present")
+    require(path is not None, "mobile-android-mix.pcap not present")
     ta = expected_for(path)["tcp_analysis"]
     conns = analyse(path).conns
     totals = TcpTotals().merged(c.tcp for c in conns).as_dict()
