@@ -15,6 +15,7 @@ own asyncio loop runs in a thread:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import secrets
 import socket
@@ -126,7 +127,10 @@ class RelayAgent:
             return False
         try:
             ok = fut.result(timeout + 5)
-        except (TimeoutError, asyncio.CancelledError, RelayError):
+        except (TimeoutError, asyncio.CancelledError, concurrent.futures.CancelledError,
+                concurrent.futures.TimeoutError, RelayError):
+            # concurrent.futures' CancelledError is not asyncio's: the loop ending on a fatal
+            # relay error (refused token) cancels the final send from under us.
             ok = False
         self.stop()
         return ok
