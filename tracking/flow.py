@@ -71,6 +71,8 @@ class Flow:
     #: deep inspection's state for this flow (analysis.inspector.FlowInspector.flow_stage),
     #: kept here so the per-packet stage needs no key string or table lookup
     dpi: Any = field(default=None, repr=False)
+    #: the security monitor's per-flow state (security.monitor), same reason as ``dpi``
+    sec: Any = field(default=None, repr=False)
 
     @property
     def flow_key(self) -> str:
