@@ -24,6 +24,8 @@ log = get_logger(__name__)
 
 PacketStage = Callable[[ParsedPacket], None]
 FlowStage = Callable[[ParsedPacket, Flow, bool], None]
+#: called once per batch with its frames and, in step, their flows (tunnel frames once per flow)
+FrameSink = Callable[[list[RawFrame], list[Flow]], None]
 
 #: gen0/gen1/gen2 thresholds of the cyclic GC during a run (Python's defaults: 700, 10, 10)
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -73,10 +75,12 @@ class Pipeline:
                  exclude: Callable[[ParsedPacket], bool] | None = None,
                  periodic: Iterable[Callable[[float], None]] = (),
                  writer: PcapngWriter | None = None,
-                 on_packet_inner: bool = True) -> None:
+                 on_packet_inner: bool = True,
+                 frame_sinks: Iterable[FrameSink] = ()) -> None:
         self.flows = flows
         self.stages = list(stages)
         self.flow_stages = list(flow_stages)
+        self.frame_sinks = list(frame_sinks)
         self.exclude = exclude
         self.periodic = list(periodic)
         self.pcap_writer = writer
@@ -95,6 +99,11 @@ class Pipeline:
         flow_stages = self.flow_stages
         exclude = self.exclude
         track_inner = self.track_inner
+        sinks = self.frame_sinks
+        kept_frames: list[RawFrame] = []
+        kept_flows: list[Flow] = []
+        keep_frame = kept_frames.append if sinks else None
+        keep_flow = kept_flows.append
         _parse = parse
         # Counters live in locals for the batch (attribute stores per packet add up) and are
         # written back even if a stage raises.
@@ -125,12 +134,18 @@ class Pipeline:
                     if hit is not None:
                         for fs in flow_stages:
                             fs(pkt, hit[0], hit[1])
+                        if keep_frame is not None:
+                            keep_frame(fr)
+                            keep_flow(hit[0])
                     p = pkt.inner
                     while p is not None and track_inner:
                         hit = fprocess(p)
                         if hit is not None:
                             for fs in flow_stages:
                                 fs(p, hit[0], hit[1])
+                            if keep_frame is not None:
+                                keep_frame(fr)
+                                keep_flow(hit[0])
                         p = p.inner
             finally:
                 c.packets += packets
@@ -138,6 +153,8 @@ class Pipeline:
                 c.excluded += excluded
                 c.first_ts = first_ts
                 c.last_ts = last_ts
+                for sink in sinks:
+                    sink(kept_frames, kept_flows)
             if last_ts - self._last_tick >= 1.0:
                 self.tick(last_ts)
 

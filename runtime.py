@@ -51,6 +51,7 @@ class Runtime:
         self.components = build_components(settings, self.flows, args)
         self.pipeline = Pipeline(self.flows, stages=self.components.stages,
                                  flow_stages=self.components.flow_stages,
+                                 frame_sinks=self.components.frame_sinks,
                                  periodic=self.components.periodic)
         self._worker: threading.Thread | None = None
         self._finished = False
@@ -343,6 +344,7 @@ class Components:
 
     stages: list[Callable[..., None]] = field(default_factory=list)
     flow_stages: list[Callable[..., None]] = field(default_factory=list)
+    frame_sinks: list[Callable[..., None]] = field(default_factory=list)
     periodic: list[Callable[[float], None]] = field(default_factory=list)
     flow_enrichers: list[Callable[[Any], dict[str, Any]]] = field(default_factory=list)
     on_finish: list[Callable[[], None]] = field(default_factory=list)
@@ -417,7 +419,7 @@ def build_components(settings: Settings, flows: FlowTracker,
     c.classifier = TrafficClassifier(lock=lock)
     c.inspector = FlowInspector()
     c.dns = _dns_tracker(settings)
-    c.stages = [c.packet_stats.process, c.ports.process, c.hops.process]
+    c.stages = [c.packet_stats.process, c.hops.process]
     if c.dns is not None:
         c.stages.append(c.dns.process)
     c.security = SecurityMonitor.from_settings(settings)
@@ -425,7 +427,7 @@ def build_components(settings: Settings, flows: FlowTracker,
     c.stages.append(c.security.process)
     c.on_close.append(c.security.close)
 
-    c.flow_stages = [c.classifier.flow_stage, c.security.flow_stage]
+    c.flow_stages = [c.ports.flow_stage, c.classifier.flow_stage, c.security.flow_stage]
     if settings.DPI_ENABLED:
         # state on flow.dpi (no key string or lookup per packet); retired flows keep facts only
         c.inspector.all_flows = flows.all_flows
@@ -469,7 +471,7 @@ def _wire_exports(c: Components, settings: Settings, flows: FlowTracker,
     if frames > 0:
         c.packet_ring = PacketRing(frames, settings.get("PACKET_RING_MB", DEFAULT_MB) * 1024 * 1024,
                                    lock=flows.lock)
-        c.flow_stages.append(c.packet_ring.add)
+        c.frame_sinks.append(c.packet_ring.add_batch)
     collector = getattr(args, "ipfix", None)
     if collector:
         from export.ipfix import attach_ipfix

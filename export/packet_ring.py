@@ -1,44 +1,44 @@
 """The last frames of the run, kept in memory so the selected flows' packets can be saved.
 
-The ring is a flow stage: for each packet that belongs to a flow it appends one small tuple
-(frame bytes, time stamp, wire length, link type, interface, flow). The frame bytes are the
-object the source already allocated, so nothing is copied; the parsed packet itself is not
-kept (with its address strings and option records it weighed ~5x the tuple, and a 50k-frame
-ring held ~30 MiB of them). It is bounded twice: by frame count and by an estimate of the memory
-the kept frames hold (frame bytes plus a fixed allowance per entry), and drops the oldest first.
+The ring is fed once per batch (:meth:`PacketRing.add_batch`) with the batch's frames and, in
+step, the flow each belongs to: a frame of a tunnel comes once for the outer flow and once for
+each inner flow. It keeps (frame, flow) pairs; the frame is the object the source already
+allocated, so nothing is copied, and the parsed packet is not kept (with its address strings and
+option records it weighed ~5x the pair). Per batch, not per packet: a per-packet stage call with
+its tuple cost ~2 us a packet, the batch's two C-level list walks cost ~0.1 us.
 
-A frame of a tunnel is handed to the flow stages once for the outer flow and once for each inner
-flow, with the same bytes object; exports write each frame once.
+It is bounded twice: by frame count and by an estimate of the memory the kept frames hold (frame
+bytes plus a fixed allowance per entry), and drops the oldest first. Exports write each frame once.
 """
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 from pathlib import Path
 from typing import Any, Collection, Iterator
 
-from capture.packet import ParsedPacket
 from capture.reader import RawFrame
-
-#: one kept frame: (data, ts, wire_len, linktype, iface, flow)
-_Entry = tuple[bytes, float, int, int, int, Any]
 from capture.writer import PcapngWriter
 
-#: bytes counted per kept frame on top of its data: the 6-tuple (88 bytes), the deque slot and
-#: the float time stamp (measured by bench/bench_memory.py: ~130 bytes per entry)
-ENTRY_OVERHEAD = 136
+#: one kept frame and its flow
+_Entry = tuple[RawFrame, Any]
+
+#: bytes counted per kept frame on top of its data: the frame record (56) with its float time
+#: stamp (24), the pair (56) and the deque slot (measured by bench/bench_memory.py)
+ENTRY_OVERHEAD = 144
 #: defaults; config constants PACKET_RING_FRAMES / PACKET_RING_MB override them
 DEFAULT_FRAMES = 50_000
 DEFAULT_MB = 64
 
 
 class PacketRing:
-    """Bounded FIFO of kept frames with their flows; call :meth:`add` from the pipeline thread.
+    """Bounded FIFO of kept frames with their flows; call :meth:`add_batch` from the pipeline.
 
     Args:
         max_frames: frames kept at most.
         max_bytes: estimated memory the kept frames may hold.
-        lock: the lock the pipeline holds while it calls :meth:`add` (the flow table's); readers
-            take it to copy the ring.
+        lock: the lock the pipeline holds while it calls :meth:`add_batch` (the flow table's);
+            readers take it to copy the ring.
     """
 
     __slots__ = ("max_frames", "max_bytes", "lock", "_ring", "_bytes", "evicted")
@@ -48,27 +48,37 @@ class PacketRing:
         self.max_frames = max(1, int(max_frames))
         self.max_bytes = max(0, int(max_bytes))
         self.lock = lock
-        # The deque drops its oldest entry on its own (maxlen) when the count is reached.
+        # The deque drops its oldest entries on its own (maxlen) when the count is reached.
         self._ring: deque[_Entry] = deque(maxlen=self.max_frames)
         self._bytes = 0
         #: frames dropped for the byte bound (the count bound drops silently inside the deque)
         self.evicted = 0
 
-    # ---- hot path: a flow stage --------------------------------------------------------------
-    def add(self, pkt: ParsedPacket, flow: Any, forward: bool) -> None:
+    # ---- pipeline side: once per batch ---------------------------------------------------------
+    def add_batch(self, frames: list[RawFrame], flows: list[Any]) -> None:
+        """Keep ``frames[i]`` as a packet of ``flows[i]`` (lists of equal length)."""
         ring = self._ring
-        data = pkt.data
-        if len(ring) == self.max_frames:           # the append below pushes out the oldest
-            self._bytes -= len(ring[0][0]) + ENTRY_OVERHEAD
-        ring.append((data, pkt.ts, pkt.wire_len, pkt.linktype, pkt.iface, flow))
-        self._bytes += len(data) + ENTRY_OVERHEAD
+        n = len(frames)
+        if not n:
+            return
+        # what the deque's count bound is about to push out
+        overflow = len(ring) + n - self.max_frames
+        if overflow > 0:
+            gone = min(overflow, len(ring))
+            self._bytes -= sum(len(e[0].data) for e in islice(ring, gone)) + gone * ENTRY_OVERHEAD
+            if n > self.max_frames:  # a batch larger than the ring keeps only its tail
+                frames = frames[-self.max_frames:]
+                flows = flows[-self.max_frames:]
+                n = len(frames)
+        ring.extend(zip(frames, flows))
+        self._bytes += sum(len(f.data) for f in frames) + n * ENTRY_OVERHEAD
         if self._bytes > self.max_bytes:
             self._trim()
 
     def _trim(self) -> None:
         ring = self._ring
         while ring and self._bytes > self.max_bytes:
-            self._bytes -= len(ring.popleft()[0]) + ENTRY_OVERHEAD
+            self._bytes -= len(ring.popleft()[0].data) + ENTRY_OVERHEAD
             self.evicted += 1
 
     def clear(self) -> None:
@@ -94,21 +104,21 @@ class PacketRing:
         """Frames of the flows with these ``flow_key`` s, oldest first, each frame once."""
         wanted = set(flow_keys)
         verdict: dict[int, bool] = {}      # id(flow) -> wanted, so each flow key is built once
-        last_data: Any = None
-        for data, ts, wire_len, linktype, iface, flow in self._copy():
+        last: Any = None
+        for frame, flow in self._copy():
             hit = verdict.get(id(flow))
             if hit is None:
                 hit = verdict[id(flow)] = flow.flow_key in wanted
             if not hit:
                 continue
-            if data is last_data:          # the inner flow of a tunnel frame already written
+            if frame is last:              # the inner flow of a tunnel frame already written
                 continue
-            last_data = data
-            yield RawFrame(ts, data, wire_len, linktype, iface)
+            last = frame
+            yield frame
 
     def oldest_ts(self) -> float | None:
         ring = self._copy()
-        return ring[0][1] if ring else None
+        return ring[0][0].ts if ring else None
 
     def stats(self) -> dict[str, int]:
         return {"frames": len(self._ring), "bytes": self._bytes, "evicted_for_bytes": self.evicted,

@@ -33,9 +33,9 @@ def run_capture(capture: Path, *extra: str, rings: tuple[PacketRing, ...] = ()) 
     settings = config.load_settings(main.cli_overrides(args), None)
     rt = Runtime(settings, args, threading.Event())
     if rings:
-        stages = rt.pipeline.flow_stages
-        stages.remove(rt.components.packet_ring.add)
-        stages.extend(r.add for r in rings)
+        sinks = rt.pipeline.frame_sinks
+        sinks.remove(rt.components.packet_ring.add_batch)
+        sinks.extend(r.add_batch for r in rings)
         rt.components.packet_ring = rings[0]
     rt.start_capture()
     deadline = time.monotonic() + 30

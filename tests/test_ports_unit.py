@@ -91,7 +91,7 @@ def test_memory_is_bounded() -> None:
     for i in range(3000):
         t.process(tcp(float(i) / 100, f"10.1.{i % 256}.{i // 256}", 40000, "10.0.0.1", 1 + i, SYN))
     assert len(t._ports) <= 100
-    assert len(t._conns) <= 500
+    assert t._own_flows is not None and t._own_flows.active_count <= 500
     assert len(t._scans) <= 50
     assert all(a.port_count <= 64 for a in t.get_scan_activity())
     for i in range(100):

@@ -73,6 +73,8 @@ class Flow:
     dpi: Any = field(default=None, repr=False)
     #: the security monitor's per-flow state (security.monitor), same reason as ``dpi``
     sec: Any = field(default=None, repr=False)
+    #: the record of the flow's service port (tracking.ports: decided on the first packet)
+    svc: Any = field(default=None, repr=False)
 
     @property
     def flow_key(self) -> str:

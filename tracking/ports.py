@@ -1,7 +1,8 @@
 """Per-port traffic statistics and per-source scan activity.
 
 Which port a packet counts for: the *service* side of its connection. A connection's service
-port is decided once, on its first packet, and remembered (both directions) in a bounded table:
+port is decided once, on its flow's first packet, and kept on the flow (``Flow.svc``: the port's
+record), so the per-packet work needs no table of its own:
 
 * a TCP packet without ACK/RST (SYN, or a FIN/NULL/Xmas probe) goes to its destination port; a
   SYN/ACK comes from the service port;
@@ -10,8 +11,8 @@ port is decided once, on its first packet, and remembered (both directions) in a
 * anything else picked up mid-stream: the known service port, else the lower port.
 
 A *connection* is a new TCP SYN (a SYN with another initial sequence number on a known 5-tuple
-is a new one; a retransmitted SYN is not), a SYN/ACK whose SYN was not seen, or a new UDP
-5-tuple. TCP connections picked up mid-stream are counted in packets/bytes, not connections.
+is a new one, as it starts a new flow; a retransmitted SYN is not), a SYN/ACK whose SYN was not
+seen, or a new UDP flow. TCP connections picked up mid-stream are counted in packets/bytes, not connections.
 
 Scan activity: each packet that *probes* a port -- a TCP segment without ACK or RST (so SYN
 half-open scans, FIN/NULL/Xmas scans) or the first packet of a UDP 5-tuple sent to its service
@@ -20,7 +21,7 @@ likely scanner when it touched more than ``ALERTS_PORT_SCAN_THRESHOLD`` ports at
 ``ALERTS_SCAN_RATE`` ports/s (ports / max(1 s, last - first)). A source idle for ``scan_idle``
 seconds starts a fresh activity record, so an old quiet period does not dilute a new scan's rate.
 
-Threading: ``process`` runs on the pipeline thread, which holds ``lock`` around each batch (pass
+Threading: ``flow_stage`` runs on the pipeline thread, which holds ``lock`` around each batch (pass
 the flow tracker's lock in to share it); readers take ``lock`` only to copy references.
 Time is packet time (``pkt.ts``), so a replayed file gives the file's timeline.
 """
@@ -28,11 +29,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from analysis.anomaly import evict_oldest
 from capture.packet import ACK, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RST, SYN, ParsedPacket, proto_name
 from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
 from tracking.services import known_port_keys, port_range, service_name
+
+if TYPE_CHECKING:
+    from tracking.flow import Flow, FlowTracker
 
 HISTORY_SECONDS = 60
 SORT_MODES = ("bytes", "packets", "connections", "rate", "hits", "port")
@@ -57,6 +62,8 @@ class _PortStats:
     hsec: int = -1
     hp: int = 0
     hb: int = 0
+    #: dropped from the table for room (flows holding it move to a fresh record)
+    evicted: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -171,8 +178,8 @@ class PortTracker:
         self.lock = lock if lock is not None else threading.RLock()
         #: proto << 16 | port -> stats
         self._ports: dict[int, _PortStats] = {}
-        #: directional 5-tuple -> (service port, TCP initial sequence number or -1)
-        self._conns: dict[tuple[int, str, int, str, int], tuple[int, int]] = {}
+        #: flows for :meth:`process` (standalone use); the pipeline passes the run's flows
+        self._own_flows: FlowTracker | None = None
         self._scans: dict[str, _Scan] = {}
         # per-second ring: slot sec % 60 holds {port key: (packets, bytes)} for second
         # _ring_sec[slot]; each port's current second is kept on its stats until it ends
@@ -185,6 +192,22 @@ class PortTracker:
 
     # ---- hot path ----------------------------------------------------------------------------
     def process(self, pkt: ParsedPacket) -> None:
+        """Account one packet on its own (tests, tools): through a private flow table.
+
+        The pipeline does not call this: it runs :meth:`flow_stage` with the run's flow, so a
+        connection is looked up once per packet, not once per tracker.
+        """
+        flows = self._own_flows
+        if flows is None:
+            from tracking.flow import FlowTracker
+            from tracking.tcp_state import TcpConnection
+            flows = self._own_flows = FlowTracker(max_flows=self.max_connections,
+                                                   tcp_factory=TcpConnection)
+        hit = flows.process(pkt)
+        if hit is not None:
+            self.flow_stage(pkt, hit[0], hit[1])
+
+    def flow_stage(self, pkt: ParsedPacket, flow: Flow, forward: bool) -> None:
         proto = pkt.proto
         if proto != PROTO_TCP and proto != PROTO_UDP and proto != PROTO_SCTP:
             return
@@ -193,14 +216,12 @@ class PortTracker:
         if (pkt.is_fragment and pkt.frag_offset) or (sport == 0 and dport == 0):
             return  # later fragments carry no ports; port 0 both ways = header not decoded
         ts = pkt.ts
-        src = pkt.src_ip
-        dst = pkt.dst_ip
         flags = pkt.tcp_flags
-        key = (proto, src, sport, dst, dport)
-        conns = self._conns
-        conn = conns.get(key)
+        st = flow.svc
         new_conn = False
-        if conn is None:
+        if st is None:
+            # The flow's first packet decides its service port (the flow table makes a new flow
+            # for a SYN that reuses a 5-tuple, so that SYN lands here too).
             if proto == PROTO_TCP:
                 if not flags & _ACK_RST:
                     svc = dport
@@ -217,16 +238,19 @@ class PortTracker:
             st = self._ports.get(proto << 16 | svc)
             if st is None:
                 st = self._new_port(proto, svc, ts)
-            isn = pkt.seq if new_conn and flags & _SYN_ACK == SYN else -1
-            conns[key] = conns[(proto, dst, dport, src, sport)] = (st, isn)
-            if len(conns) > self.max_connections:
-                self._trim_conns()
-        else:
-            st = conn[0]
+            flow.svc = st
+            client = pkt.src_ip if svc == dport else pkt.dst_ip
+            if client not in st.sources and len(st.sources) < self.max_sources_per_port:
+                st.sources.add(client)
+        elif st.evicted:
+            # the port's record was dropped for room: carry on in a fresh one
             svc = st.port
-            if proto == PROTO_TCP and flags & _SYN_ACK == SYN and pkt.seq != conn[1]:
-                new_conn = True  # the 5-tuple is being reused by a new connection
-                conns[key] = conns[(proto, dst, dport, src, sport)] = (st, pkt.seq)
+            st = self._ports.get(proto << 16 | svc)
+            if st is None:
+                st = self._new_port(proto, svc, ts)
+            flow.svc = st
+        else:
+            svc = st.port
         wl = pkt.wire_len
         st.packets += 1
         st.bytes += wl
@@ -239,14 +263,11 @@ class PortTracker:
             st.hb += wl
         else:
             self._roll(st, sec, wl)
-        client = src if svc == dport else dst
-        if client not in st.sources and len(st.sources) < self.max_sources_per_port:
-            st.sources.add(client)
         if proto == PROTO_TCP:
             if not flags & _ACK_RST:
-                self._probe(src, dst, dport, ts, flags & SYN)
+                self._probe(pkt.src_ip, pkt.dst_ip, dport, ts, flags & SYN)
         elif new_conn and svc == dport:
-            self._probe(src, dst, dport, ts, 0)
+            self._probe(pkt.src_ip, pkt.dst_ip, dport, ts, 0)
 
     def _probe(self, src: str, dst: str, port: int, ts: float, syn: int) -> None:
         sc = self._scans.get(src)
@@ -282,21 +303,15 @@ class PortTracker:
         st = self._ports[proto << 16 | port] = _PortStats(proto, port, service_name(port, proto), ts, ts)
         if len(self._ports) > self.max_ports:
             # Drop the quietest tenth in one pass (a scan leaves thousands of 1-packet ports)
-            # rather than keeping LRU order on every packet. The connection table points at
-            # stats objects, so it is cleared too (connections are re-learned as they go on).
+            # rather than keeping LRU order on every packet. Flows still point at a dropped
+            # record: it is marked, and their next packet moves them to a fresh one.
             victims = sorted(self._ports.values(), key=lambda s: s.packets)
             for v in victims[:max(1, len(victims) // 10)]:
                 if v is not st:
                     del self._ports[v.proto << 16 | v.port]
+                    v.evicted = True
                     self.evicted_ports += 1
-            self._conns.clear()
         return st
-
-    def _trim_conns(self) -> None:
-        # Oldest-inserted first: dicts keep insertion order, so this is O(1) per entry.
-        conns = self._conns
-        for k in list(conns)[:len(conns) // 10]:
-            del conns[k]
 
     def _roll(self, st: _PortStats, sec: int, wl: int) -> None:
         """The port's first packet in a new second: file its last second into the ring."""
