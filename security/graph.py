@@ -101,8 +101,11 @@ class ConnectionGraph:
         self.max_edges = max_edges
         #: edges of retired flows, oldest-created first
         self._done: dict[tuple[str, str], Edge] = {}
-        #: (initiator, responder) pairs seen, to tell a new edge from a new flow on an old one
-        self._pairs: dict[tuple[str, str], None] = {}
+        #: initiator -> its responder, or the set of them once there are several: the host
+        #: pairs seen, to tell a new edge from a new flow on an old one. Keyed by the address
+        #: alone (the flow's own strings, no tuple per pair): most initiators reach one host.
+        self._pairs: dict[str, str | set[str]] = {}
+        self._npairs = 0
         #: (second, new edges in that second), newest last
         self._new: deque[list[int]] = deque(maxlen=rate_window)
         self._lock = threading.Lock()
@@ -124,13 +127,22 @@ class ConnectionGraph:
 
     def on_new_flow(self, flow: Flow) -> None:
         """Count a new edge when a flow joins two hosts that had none (initiator -> responder)."""
-        key = (flow.src_ip, flow.dst_ip)
+        src, dst = flow.src_ip, flow.dst_ip
         pairs = self._pairs
-        if key in pairs:
+        known = pairs.get(src)
+        if known is None:
+            pairs[src] = dst
+        elif type(known) is str:
+            if known == dst:
+                return
+            pairs[src] = {known, dst}
+        elif dst in known:
             return
-        pairs[key] = None
-        if len(pairs) > 2 * self.max_edges:
-            evict_oldest(pairs, 2 * self.max_edges)
+        else:
+            known.add(dst)
+        self._npairs += 1
+        if self._npairs > 2 * self.max_edges:
+            self._forget_pairs(2 * self.max_edges)
         sec = int(flow.first_seen)
         with self._lock:
             self.total_edges += 1
@@ -139,6 +151,21 @@ class ConnectionGraph:
                 new[-1][1] += 1
             else:
                 new.append([sec, 1])
+
+    def _forget_pairs(self, limit: int) -> None:
+        """Forget the initiators seen first until at most ``limit - limit // 8`` pairs remain
+        (a batch at once, as evict_oldest does for the other tables)."""
+        keep = limit - limit // 8
+        n = self._npairs
+        gone = []
+        for src, known in self._pairs.items():
+            if n <= keep:
+                break
+            n -= 1 if type(known) is str else len(known)
+            gone.append(src)
+        for src in gone:
+            del self._pairs[src]
+        self._npairs = n
 
     def on_retire(self, flow: Flow) -> None:
         """Fold a finished flow into the table of finished edges."""

@@ -128,10 +128,15 @@ class SecurityMonitor:
         self._tracker = tracker
         if self.graph is not None:
             self.graph.attach(tracker)
+        if self._scan is not None:
+            # its first-probe records may be flows: they become tuples as the flows retire
+            tracker.listeners.append(self._scan.on_retire)
 
     def _unlisten(self, tracker: FlowTracker) -> None:
         if self.graph is not None:
             self.graph.detach(tracker)
+        if self._scan is not None and self._scan.on_retire in tracker.listeners:
+            tracker.listeners.remove(self._scan.on_retire)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | Any, lookup: Lookup | None = None,
@@ -230,7 +235,8 @@ class SecurityMonitor:
                         syn_seen(pkt)
                     elif flags & RST:
                         client_ack(pkt)
-                    tcp_probe(pkt, flags)
+                    tcp_probe(pkt, flags, flow if forward and flow.packets_sent == 1
+                              and not flow.packets_recv else None)
                 if pkt.payload_len >= 5:
                     sport = pkt.sport
                     dport = pkt.dport
@@ -246,10 +252,14 @@ class SecurityMonitor:
                 if pkt.sport == 53 or pkt.dport == 53:
                     dns_message(pkt)
                 # Only the first datagram of each direction can probe a port or answer a probe.
-                if (flow.packets_sent if forward else flow.packets_recv) == 1:
-                    udp_probe(pkt)
+                if forward:
+                    if flow.packets_sent == 1:
+                        udp_probe(pkt, None if flow.packets_recv else flow)
+                elif flow.packets_recv == 1:
+                    udp_probe(pkt, None)
             elif proto == 1 or proto == 58:  # ICMP, ICMPv6
-                icmp(pkt)
+                icmp(pkt, flow if forward and flow.packets_sent == 1 and not flow.packets_recv
+                     else None)
             if generic:
                 for fn in by_proto.get(proto, ip_other):
                     fn(pkt)

@@ -5,16 +5,23 @@ Only *unanswered or refused* probes count: a port or host that answers (SYN/ACK,
 echo reply) is subtracted, which is what keeps a browser opening 30 connections to port 443 or an
 FTP client opening many passive data ports from looking like a scan. A source is reported when
 at least ``threshold`` unanswered targets were probed at more than ``scan_rate`` targets/s.
+
+Memory goes where scans are: almost every source probes one (host, port) and nothing else, so a
+source's first probe is one entry keyed by the source address alone (``_solo``: no key tuple,
+and when the probe is the first packet of a flow the entry is that flow itself, which holds
+everything the probe said). Only a second, different probe from the same source turns it into
+the per-(source, host) and per-(source, port) records that count targets.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
 from capture.packet import ACK, FIN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PSH, RST, \
     SYN, URG, ParsedPacket
 from security.alerts import AlertEngine
 from security.detectors._bounded import evict_oldest
+from tracking.flow import Flow
 
 # Probe kinds, as bits so one int per target records which techniques were seen.
 K_SYN, K_FIN, K_NULL, K_XMAS, K_STEALTH, K_UDP, K_ICMP = 1, 2, 4, 8, 16, 32, 64
@@ -29,6 +36,12 @@ _TRACEROUTE_PORTS = range(33434, 33535)
 _REFRESH = 1.0
 #: most distinct targets remembered per scanner entry (counting stops growing past it)
 _MAX_TARGETS = 65536
+
+
+#: a source's only probe so far: the flow it opened, or (ts, dst, proto, dport, kind)
+_Solo = Union[Flow, "tuple[float, str, int, int, int]"]
+#: the probe kind a flow's first packet implies, by IP protocol (K_SYN: a plain SYN)
+_FLOW_KIND = {PROTO_TCP: K_SYN, PROTO_UDP: K_UDP, PROTO_ICMP: K_ICMP, PROTO_ICMPV6: K_ICMP}
 
 
 def kind_names(kinds: int) -> str:
@@ -92,6 +105,10 @@ class PortScanDetector:
         #: first probe of pairs that have not reached a second target yet
         self._seen_v: dict[tuple[str, str], tuple[float, object, int]] = {}
         self._seen_h: dict[tuple[str, int, int], tuple[float, object, int]] = {}
+        #: source -> its only probe, standing for its entries of _seen_v and _seen_h (none of
+        #: whose keys exist while it is here); sources known to probe more skip it
+        self._solo: dict[str, _Solo] = {}
+        self._multi: dict[str, None] = {}
         self.probes_seen = 0
 
     def process(self, pkt: ParsedPacket) -> None:
@@ -115,8 +132,9 @@ class PortScanDetector:
         """A SYN/ACK: the port is open, so that probe was answered."""
         self._answered(pkt.dst_ip, pkt.src_ip, PROTO_TCP, pkt.sport)
 
-    def tcp_probe(self, pkt: ParsedPacket, flags: int) -> None:
-        """A TCP segment without ACK (``flags``: its flags): SYN, FIN, NULL, XMAS or odd."""
+    def tcp_probe(self, pkt: ParsedPacket, flags: int, first: Flow | None = None) -> None:
+        """A TCP segment without ACK (``flags``: its flags): SYN, FIN, NULL, XMAS or odd.
+        ``first``: the flow this segment opened, when it is that flow's first packet."""
         if flags & RST or pkt.frag_offset:
             return
         if flags & SYN:
@@ -131,11 +149,12 @@ class PortScanDetector:
             kind = K_XMAS
         else:
             kind = K_STEALTH
-        self._probe(pkt, PROTO_TCP, pkt.dport, kind)
+        self._probe(pkt, PROTO_TCP, pkt.dport, kind, first)
 
-    def udp(self, pkt: ParsedPacket) -> None:
+    def udp(self, pkt: ParsedPacket, first: Flow | None = None) -> None:
         """A UDP datagram. Only the first of each direction of a 5-tuple can probe a new port
-        or answer a probe (the rest repeat them), so with a flow table only those come here."""
+        or answer a probe (the rest repeat them), so with a flow table only those come here
+        (``first``: the flow, when the datagram opened it)."""
         if pkt.is_fragment and pkt.frag_offset:
             return
         sport, dport = pkt.sport, pkt.dport
@@ -146,15 +165,17 @@ class PortScanDetector:
             return
         if dport in _TRACEROUTE_PORTS or _is_group(pkt.dst_ip):
             return
-        self._probe(pkt, PROTO_UDP, dport, K_UDP)
+        self._probe(pkt, PROTO_UDP, dport, K_UDP, first)
 
-    def icmp(self, pkt: ParsedPacket) -> None:
+    def icmp(self, pkt: ParsedPacket, first: Flow | None = None) -> None:
         """ICMP/ICMPv6: echo requests probe hosts, replies answer, port-unreachables confirm
-        closed UDP ports (each one counts, so every ICMP packet comes here)."""
+        closed UDP ports (each one counts, so every ICMP packet comes here; ``first``: the
+        flow, when the packet opened it)."""
         t = pkt.icmp_type
         v6 = pkt.proto == PROTO_ICMPV6
         if t == (128 if v6 else 8):
-            if not _is_group(pkt.dst_ip):
+            if not _is_group(pkt.dst_ip) and (self.threshold == 1 or not self._solo_probe(
+                    pkt.src_ip, pkt.dst_ip, pkt.ts, PROTO_ICMP, 8, K_ICMP, first)):
                 self._probe_host(pkt, PROTO_ICMP, 8, K_ICMP)
         elif t == (129 if v6 else 0):
             self._answered(pkt.dst_ip, pkt.src_ip, PROTO_ICMP, 8)
@@ -166,9 +187,12 @@ class PortScanDetector:
                     entry.unreach += 1
 
     # --- bookkeeping ---------------------------------------------------------------------
-    def _probe(self, pkt: ParsedPacket, proto: int, dport: int, kind: int) -> None:
+    def _probe(self, pkt: ParsedPacket, proto: int, dport: int, kind: int,
+               first: Flow | None = None) -> None:
         self.probes_seen += 1
         src, dst = pkt.src_ip, pkt.dst_ip
+        if self.threshold > 1 and self._solo_probe(src, dst, pkt.ts, proto, dport, kind, first):
+            return
         target = dport if proto == PROTO_TCP else -dport  # UDP ports kept apart from TCP
         entry = self._track(self._vertical, self._seen_v, (src, dst), pkt.ts, target, kind)
         if entry is not None:
@@ -183,6 +207,73 @@ class PortScanDetector:
         if entry is not None:
             self._check(entry, "port_sweep", src, f"port {dport}" if proto != PROTO_ICMP
                         else "ICMP echo", pkt.ts)
+
+    def _solo_probe(self, src: str, dst: str, ts: float, proto: int, dport: int, kind: int,
+                    first: Flow | None) -> bool:
+        """Keep the probe as ``src``'s only one when it can be; True when nothing else is to do.
+
+        Equivalent to the ``_seen_v``/``_seen_h`` bookkeeping of :meth:`_track`: a source's
+        first probe is remembered once here instead of in both, a repeat of it changes nothing,
+        and a different probe moves it into both tables (as if it had been there all along)
+        before taking the ordinary path. ``proto`` is PROTO_ICMP for ICMP and ICMPv6 echoes.
+        """
+        solo = self._solo
+        rec = solo.get(src)
+        if rec is not None:
+            if type(rec) is tuple:
+                rts, rdst, rproto, rport, rkind = rec
+            else:
+                rts, rdst, rproto, rport, rkind = _from_flow(rec)
+            if ts - rts <= self.idle_timeout:
+                if rdst == dst and rport == dport and rproto == proto:
+                    return True  # the same target again
+                del solo[src]
+                self._spill(src, rts, rdst, rproto, rport, rkind)
+                multi = self._multi
+                multi[src] = None
+                if len(multi) > 4 * self.max_entries:
+                    evict_oldest(multi, 4 * self.max_entries)
+                return False
+            del solo[src]  # too old to count: as if never seen
+        elif src in self._multi:
+            return False  # this source has probed more than once: the ordinary path
+        # Nothing may stand for keys the tables already hold.
+        if proto != PROTO_ICMP:
+            vkey = (src, dst)
+            if vkey in self._vertical or vkey in self._seen_v:
+                return False
+        if proto != PROTO_UDP or dport not in _UDP_FANOUT_PORTS:
+            hkey = (src, proto, dport)
+            if hkey in self._horizontal or hkey in self._seen_h:
+                return False
+        if first is not None and _FLOW_KIND.get(first.proto) == kind:
+            solo[src] = first
+        else:
+            solo[src] = (ts, dst, proto, dport, kind)
+        if len(solo) > 4 * self.max_entries:
+            evict_oldest(solo, 4 * self.max_entries)
+        return True
+
+    def _spill(self, src: str, ts: float, dst: str, proto: int, dport: int, kind: int) -> None:
+        """Write a source's only probe into _seen_v and _seen_h, as _track would have."""
+        if proto != PROTO_ICMP:
+            seen_v = self._seen_v
+            seen_v[(src, dst)] = (ts, dport if proto == PROTO_TCP else -dport, kind)
+            if len(seen_v) > 4 * self.max_entries:
+                evict_oldest(seen_v, 4 * self.max_entries)
+        if proto != PROTO_UDP or dport not in _UDP_FANOUT_PORTS:
+            seen_h = self._seen_h
+            seen_h[(src, proto, dport)] = (ts, dst, kind)
+            if len(seen_h) > 4 * self.max_entries:
+                evict_oldest(seen_h, 4 * self.max_entries)
+
+    def on_retire(self, flow: Flow) -> None:
+        """A flow left the flow table: if it stands for its source's only probe, keep the
+        probe as a tuple, so the detector never holds retired flows (flow table listener)."""
+        solo = self._solo
+        src = flow.src_ip
+        if solo.get(src) is flow:
+            solo[src] = _from_flow(flow)
 
     def _track(self, table: dict[Any, _Probes], seen: dict[Any, tuple[float, object, int]],
                key: Any, ts: float, target: object, kind: int) -> _Probes | None:
@@ -269,7 +360,15 @@ class PortScanDetector:
     def stats(self) -> dict[str, int]:
         return {"probes": self.probes_seen, "vertical_entries": len(self._vertical),
                 "horizontal_entries": len(self._horizontal),
-                "single_target_pairs": len(self._seen_v) + len(self._seen_h)}
+                "single_target_pairs": len(self._seen_v) + len(self._seen_h) + len(self._solo)}
+
+
+def _from_flow(flow: Flow) -> tuple[float, str, int, int, int]:
+    """The probe a flow's first packet was (see PortScanDetector._solo_probe)."""
+    proto = flow.proto
+    if proto == PROTO_TCP or proto == PROTO_UDP:
+        return flow.first_seen, flow.dst_ip, proto, flow.dst_port, _FLOW_KIND[proto]
+    return flow.first_seen, flow.dst_ip, PROTO_ICMP, 8, K_ICMP
 
 
 def _is_group(ip: str) -> bool:
