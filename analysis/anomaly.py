@@ -63,6 +63,18 @@ def flag_rule(flags: int) -> str | None:
     return FLAG_RULES[flags & 0xFF]
 
 
+def add_rule(score: int, rules: list[str], reasons: list[str], rule: str,
+             detail: str = "") -> int | None:
+    """Record a rule in a flow's ``rules``/``reasons`` lists; returns the new score, or None if
+    the rule was already recorded (each rule counts once)."""
+    if rule in rules:
+        return None
+    weight, text = RULES[rule]
+    rules.append(rule)
+    reasons.append(f"{text}: {detail}" if detail else text)
+    return min(MAX_SCORE, score + weight)
+
+
 @dataclass(slots=True)
 class AnomalyScore:
     """Score plus reasons for one flow; each rule counts once."""
@@ -73,12 +85,10 @@ class AnomalyScore:
 
     def add(self, rule: str, detail: str = "") -> bool:
         """Record a rule; returns False if it was already recorded."""
-        if rule in self.rules:
+        score = add_rule(self.score, self.rules, self.reasons, rule, detail)
+        if score is None:
             return False
-        weight, text = RULES[rule]
-        self.rules.append(rule)
-        self.reasons.append(f"{text}: {detail}" if detail else text)
-        self.score = min(MAX_SCORE, self.score + weight)
+        self.score = score
         return True
 
 

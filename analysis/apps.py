@@ -35,6 +35,13 @@ _STUN_COOKIE = b"\x21\x12\xa4\x42"
 _DHCP_COOKIE = b"\x63\x82\x53\x63"
 _QUIC_VERSIONS = {0x00000001, 0x6B3343CF, 0x00000000}
 
+#: first bytes of every text prefix :func:`_identify_tcp` looks for (lets binary payloads skip
+#: those checks); "EHLO"/"HELO" are matched in any case
+_TCP_TEXT_FIRST = frozenset(
+    p[0] for p in (b"SSH-", b"HTTP/1.", b"HTTP/0.9", *HTTP_METHODS, b"PRI * HTTP/2",
+                   b"\x13BitTorrent protocol", *_SIP_STARTS, b"+OK", b"-ERR", b"* OK",
+                   b"* PREAUTH", b"220 ", b"220-", b"EHLO", b"HELO", b"ehlo", b"helo"))
+
 # (proto, port) -> (registered service, payload labels that fit it)
 _PORTS: dict[tuple[int, int], tuple[str, frozenset[str]]] = {}
 
@@ -113,39 +120,44 @@ def _identify_tcp(data: bytes, from_client: bool, sport: int, dport: int) -> str
             return UNDECIDED
         if data[1] == 3 and data[2] <= 4:
             return TLS
-    if data.startswith(b"SSH-"):
-        return SSH
-    if data.startswith(b"HTTP/1.") or data.startswith(b"HTTP/0.9"):
-        return HTTP
-    if data.startswith(HTTP_METHODS):
-        return HTTP
-    if data.startswith(b"PRI * HTTP/2"):
-        return HTTP2
-    if data.startswith(b"\x13BitTorrent protocol"):
-        return BITTORRENT
-    if n >= 8 and b0 == 0 and data[4:8] in _SMB_MAGIC:
-        return SMB
-    if n >= 6 and b0 == 3 and data[1] == 0 and data[5] in (0xE0, 0xD0) and \
-            int.from_bytes(data[2:4], "big") >= 11:
-        return RDP
-    if data.startswith(_SIP_STARTS):
-        return SIP
-    if data.startswith(b"+OK") or data.startswith(b"-ERR"):
-        return POP3
-    if data.startswith(b"* OK") or data.startswith(b"* PREAUTH"):
-        return IMAP
-    if data.startswith((b"220 ", b"220-")) and not from_client:
-        line = data[:data.find(b"\n")] if b"\n" in data else data
-        upper = line.upper()
-        if b"FTP" in upper:
-            return FTP
-        if b"SMTP" in upper or b"MAIL" in upper or b"POSTFIX" in upper or b"EXIM" in upper:
+    if b0 in _TCP_TEXT_FIRST:
+        # The banners and request lines below (only these start with such a byte; SMB and
+        # RDP start with 0 and 3, so checking them apart keeps the order's outcome).
+        if data.startswith(b"SSH-"):
+            return SSH
+        if data.startswith(b"HTTP/1.") or data.startswith(b"HTTP/0.9"):
+            return HTTP
+        if data.startswith(HTTP_METHODS):
+            return HTTP
+        if data.startswith(b"PRI * HTTP/2"):
+            return HTTP2
+        if data.startswith(b"\x13BitTorrent protocol"):
+            return BITTORRENT
+        if data.startswith(_SIP_STARTS):
+            return SIP
+        if data.startswith(b"+OK") or data.startswith(b"-ERR"):
+            return POP3
+        if data.startswith(b"* OK") or data.startswith(b"* PREAUTH"):
+            return IMAP
+        if data.startswith((b"220 ", b"220-")) and not from_client:
+            line = data[:data.find(b"\n")] if b"\n" in data else data
+            upper = line.upper()
+            if b"FTP" in upper:
+                return FTP
+            if b"SMTP" in upper or b"MAIL" in upper or b"POSTFIX" in upper or b"EXIM" in upper:
+                return SMTP
+            if n < 8 and b"\n" not in data:
+                return UNDECIDED
+            return FTP if 21 in (sport, dport) else SMTP
+        if from_client and data[:5].upper() in (b"EHLO ", b"HELO "):
             return SMTP
-        if n < 8 and b"\n" not in data:
-            return UNDECIDED
-        return FTP if 21 in (sport, dport) else SMTP
-    if from_client and data[:5].upper() in (b"EHLO ", b"HELO "):
-        return SMTP
+    elif b0 == 0:
+        if n >= 8 and data[4:8] in _SMB_MAGIC:
+            return SMB
+    elif b0 == 3:
+        if n >= 6 and data[1] == 0 and data[5] in (0xE0, 0xD0) and \
+                int.from_bytes(data[2:4], "big") >= 11:
+            return RDP
     if n >= 5 and not from_client and data[4] == 0x0A and data[3] == 0 and \
             int.from_bytes(data[0:3], "little") == n - 4 and n > 10:
         return MYSQL                             # server greeting, protocol 10

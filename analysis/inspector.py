@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from analysis import apps
 from analysis.anomaly import (
-    FLAG_RULES, TINY_FRAGMENT, TTL_TOLERANCE, AnomalyScore, BeaconDetector, HostAnomalies,
+    FLAG_RULES, TINY_FRAGMENT, TTL_TOLERANCE, BeaconDetector, HostAnomalies, add_rule,
     evict_oldest,
 )
 from analysis.http import (
@@ -90,11 +90,47 @@ class DpiFacts:
     http_requests: Sequence[HttpRequest] = ()
     client_hello: ClientHello | None = None
     server_hello: ServerHello | None = None
+    #: the rule ids of ``anomaly_reasons``, in the same order
+    anomaly_rules: Sequence[str] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class _Labels:
+    """The per-flow facts nearly every flow has, as one shared value: there are few
+    combinations, so flows point at one interned instance instead of holding the fields."""
+
+    app: str | None = None
+    client_os: str | None = None
+    server_os: str | None = None
+    #: whether a TTL change means anything here (not for ICMP, where traceroute raises it on
+    #: purpose, nor for broadcast/multicast or unconfigured senders such as DHCP clients)
+    ttl_rule: bool = True
+
+
+_LABELS: dict[tuple[str | None, str | None, str | None, bool], _Labels] = {}
+#: labels come from fixed tables (apps, osfp), so this bound is never reached in practice
+_LABELS_MAX = 4096
+
+
+def _labels(app: str | None, client_os: str | None, server_os: str | None,
+            ttl_rule: bool) -> _Labels:
+    """The shared :class:`_Labels` with these values."""
+    key = (app, client_os, server_os, ttl_rule)
+    hit = _LABELS.get(key)
+    if hit is None:
+        hit = _Labels(app, client_os, server_os, ttl_rule)
+        if len(_LABELS) < _LABELS_MAX:
+            _LABELS[key] = hit
+    return hit
+
+
+_TTL_RULE = _labels(None, None, None, True)
+_NO_TTL_RULE = _labels(None, None, None, False)
 
 
 @dataclass(slots=True)
 class _Dir:
-    """One direction's reassembly and detector state."""
+    """One direction's reassembly and detector state (only while it is being classified)."""
 
     mode: int = _CLASSIFY
     next_seq: int = -1
@@ -108,42 +144,53 @@ class _Dir:
     quic: CryptoAssembler | None = None
 
 
-@dataclass(slots=True)
+#: the state of every direction that is done for good (shared: never written to)
+_DONE_DIR = _Dir(mode=_DONE)
+
+
 class _FlowState:
-    facts: DpiFacts
-    proto: int
-    server_port: int
-    client_port: int
-    client_ip: str
-    #: per-direction detector state, made when that direction first carries payload (most
-    #: flows of a scan never do, so they never pay for it)
-    c: _Dir | None = None
-    s: _Dir | None = None
-    score: AnomalyScore | None = None
-    #: first TTL seen in each direction (-1 = none yet)
-    ttl_c: int = -1
-    ttl_s: int = -1
-    #: sequence number after a SYN, kept until the direction's state exists
-    isn_c: int = -1
-    isn_s: int = -1
-    #: both directions are done: only the anomaly checks remain per packet
-    quiet: bool = False
-    #: whether a TTL change means anything here (not for ICMP, where traceroute raises it on
-    #: purpose, nor for broadcast/multicast or unconfigured senders such as DHCP clients)
-    ttl_rule: bool = True
+    """Per-flow inspection state, kept small: one lives on every live flow (80 bytes).
+
+    The facts nearly every flow has (application protocol, OS guesses) are a shared
+    :class:`_Labels`; the full :class:`DpiFacts` record (TLS, HTTP, anomalies, mismatch) is made
+    only when the flow yields one of those. The flow's addresses and ports are read from the
+    flow itself.
+    """
+
+    __slots__ = ("c", "s", "ttl_c", "ttl_s", "labels", "facts")
+
+    def __init__(self, labels: _Labels) -> None:
+        #: per direction: None (nothing yet), an int (the sequence number after a SYN, until
+        #: payload arrives), a :class:`_Dir` while classifying, or the shared ``_DONE_DIR``
+        self.c: _Dir | int | None = None
+        self.s: _Dir | int | None = None
+        #: first TTL seen in each direction (-1 = none yet)
+        self.ttl_c = -1
+        self.ttl_s = -1
+        self.labels = labels
+        #: the rarer facts, made on first use (see :meth:`FlowInspector._rich`)
+        self.facts: DpiFacts | None = None
 
 
 class _Keyed:
-    """Holds the state of a flow inspected by key (:meth:`FlowInspector.inspect`)."""
+    """Holds the state of a flow inspected by key (:meth:`FlowInspector.inspect`), with the
+    flow fields the inspector reads (the initiator is the client)."""
 
-    __slots__ = ("dpi",)
+    __slots__ = ("dpi", "proto", "src_ip", "src_port", "dst_port")
 
-    def __init__(self) -> None:
+    def __init__(self, pkt: ParsedPacket, forward: bool) -> None:
         self.dpi: _FlowState | None = None
+        self.proto = pkt.proto
+        if forward:
+            self.src_ip, self.src_port, self.dst_port = pkt.src_ip, pkt.sport, pkt.dport
+        else:
+            self.src_ip, self.src_port, self.dst_port = pkt.dst_ip, pkt.dport, pkt.sport
 
 
-#: the state of every direction that is done for good (shared: never written to)
-_DONE_DIR = _Dir(mode=_DONE)
+#: TCP flags byte -> whether it needs a look beyond the per-packet checks (a suspicious
+#: combination, or a SYN: OS fingerprint and sequence numbers)
+_FLAG_WORK: tuple[bool, ...] = tuple(FLAG_RULES[f] is not None or bool(f & SYN)
+                                     for f in range(256))
 
 
 class FlowInspector:
@@ -168,7 +215,7 @@ class FlowInspector:
         self.http_requests = http_requests
         self.beacons = beacons if beacons is not None else BeaconDetector()
         self.hosts = HostAnomalies()
-        self._flows: dict[str, _FlowState] = {}
+        self._flows: dict[str, _Keyed] = {}
         #: where :meth:`facts` finds flows fed through :meth:`flow_stage` when given a key
         #: (e.g. ``FlowTracker.all_flows``)
         self.all_flows = all_flows
@@ -182,62 +229,29 @@ class FlowInspector:
         responder), with the state kept on ``flow.dpi``.
 
         No flow key string and no table entry per flow: the state lives and goes with the flow
-        (call :meth:`retire` when the flow leaves the table to keep only its facts).
+        (call :meth:`retire` when the flow leaves the table to keep only its facts). Once both
+        directions are classified, a packet costs a few attribute reads and integer compares
+        (the anomaly rules).
         """
         st = flow.dpi
         if st is None:
-            st = flow.dpi = self._state(pkt, forward)
+            st = flow.dpi = self._state(pkt, flow, forward)
             self._created += 1
-        proto = pkt.proto
-        # --- anomaly rules: integer checks only
+        # --- anomaly rules: integer checks only (the rare cases in helpers)
         ttl = pkt.ttl
-        first = st.ttl_c if forward else st.ttl_s
-        if first < 0:
-            if forward:
-                st.ttl_c = ttl
-            else:
-                st.ttl_s = ttl
-        elif ttl != first and st.ttl_rule and abs(ttl - first) > TTL_TOLERANCE:
-            self._flag(st, "ttl_change", f"{first} -> {ttl}")
-        if proto == PROTO_TCP:
-            flags = pkt.tcp_flags
-            rule = FLAG_RULES[flags & 0xFF]
-            if rule is not None and not pkt.is_fragment:
-                self._flag(st, rule)
-            if flags & SYN:
-                self._syn(st, pkt, forward, flags)
-        if pkt.is_fragment and pkt.more_fragments and pkt.payload_len < TINY_FRAGMENT:
-            self._flag(st, "tiny_fragment", f"{pkt.payload_len} bytes")
-        if st.quiet or not pkt.payload_len or pkt.is_fragment:
+        if ttl != (st.ttl_c if forward else st.ttl_s):
+            self._ttl(st, flow, ttl, forward)
+        if pkt.proto == PROTO_TCP and _FLAG_WORK[pkt.tcp_flags & 0xFF]:
+            self._tcp_flags(st, flow, pkt, forward)
+        if pkt.is_fragment:
+            if pkt.more_fragments and pkt.payload_len < TINY_FRAGMENT:
+                self._flag(st, flow, "tiny_fragment", f"{pkt.payload_len} bytes")
+            return
+        if not pkt.payload_len:
             return
         d = st.c if forward else st.s
-        if d is None:
-            d = _Dir(next_seq=st.isn_c if forward else st.isn_s)
-            if forward:
-                st.c = d
-            else:
-                st.s = d
-        elif d.mode == _DONE:
-            return
-        # --- payload detectors
-        if proto == PROTO_TCP:
-            if self._feed_tcp(d, pkt.seq, pkt.payload):
-                self._run_stream(st, d, forward)
-        elif proto == PROTO_UDP:
-            self._datagram(st, d, bytes(pkt.payload), forward)
-        else:
-            d.mode = _DONE
-        if d.mode == _DONE and d.quic is None:
-            # Classified for good: the shared done marker replaces this direction's buffers.
-            d = _DONE_DIR
-            if forward:
-                st.c = d
-            else:
-                st.s = d
-        c, s = st.c, st.s
-        if c is not None and s is not None and c.mode == _DONE and s.mode == _DONE:
-            st.quiet = True
-            st.c = st.s = _DONE_DIR
+        if d is not _DONE_DIR:
+            self._payload(st, flow, pkt, forward, d)
 
     def inspect(self, pkt: ParsedPacket, flow_key: str, forward: bool) -> None:
         """:meth:`flow_stage` for callers without a Flow object: the state is kept by key."""
@@ -245,7 +259,7 @@ class FlowInspector:
         if holder is None:
             if len(self._flows) >= self.max_flows:
                 evict_oldest(self._flows)
-            holder = self._flows[flow_key] = _Keyed()
+            holder = self._flows[flow_key] = _Keyed(pkt, forward)
         self.flow_stage(pkt, holder, forward)
 
     def facts(self, flow: Any) -> DpiFacts | None:
@@ -257,7 +271,7 @@ class FlowInspector:
         st = getattr(flow, "dpi", None)
         if st is None:
             return None
-        return st.facts if type(st) is _FlowState else st
+        return self._facts_of(st, flow) if type(st) is _FlowState else st
 
     def _by_key(self, flow_key: str) -> Any:
         """The flow with this key among ``all_flows()`` (for readers that pass keys); the index
@@ -275,7 +289,7 @@ class FlowInspector:
         """A flow left the table: keep only its facts (buffers and per-packet state go)."""
         st = flow.dpi
         if type(st) is _FlowState:
-            flow.dpi = st.facts
+            flow.dpi = self._facts_of(st, flow)
 
     def as_export(self, flow: Any) -> dict[str, Any]:
         """The export fields of a flow (every key present; missing facts are None)."""
@@ -303,13 +317,37 @@ class FlowInspector:
         total = 0
         for holder in self._flows.values():
             st = holder.dpi
+            if st is None:
+                continue
             for d in (st.c, st.s):
-                if d is not None:
+                if type(d) is _Dir:
                     total += len(d.buf) + sum(len(b) for b in (d.pending or {}).values())
         return total
 
+    # ---- facts -------------------------------------------------------------------------------
+    @staticmethod
+    def _facts_of(st: _FlowState, flow: Any) -> DpiFacts:
+        """The whole :class:`DpiFacts` of a flow: the record, with the facts kept as slots of
+        the state filled in (made up for flows that have no record)."""
+        f = st.facts
+        if f is None:
+            f = _new_facts(flow)
+        labels = st.labels
+        f.app_protocol = labels.app
+        f.client_os = labels.client_os
+        f.server_os = labels.server_os
+        return f
+
+    @staticmethod
+    def _rich(st: _FlowState, flow: Any) -> DpiFacts:
+        """The flow's :class:`DpiFacts` record, made on first use."""
+        f = st.facts
+        if f is None:
+            f = st.facts = _new_facts(flow)
+        return f
+
     # ---- flow set-up and anomaly bookkeeping -------------------------------------------------
-    def _state(self, pkt: ParsedPacket, forward: bool) -> _FlowState:
+    def _state(self, pkt: ParsedPacket, flow: Any, forward: bool) -> _FlowState:
         if forward:
             client_ip, client_port, server_port = pkt.src_ip, pkt.sport, pkt.dport
             server_ip = pkt.dst_ip
@@ -317,56 +355,141 @@ class FlowInspector:
             client_ip, client_port, server_port = pkt.dst_ip, pkt.dport, pkt.sport
             server_ip = pkt.src_ip
         proto = pkt.proto
-        facts = DpiFacts(port_guess=apps.port_guess(proto, server_port, client_port))
-        st = _FlowState(facts, proto, server_port, client_port, client_ip)
         # TCP never runs to broadcast/multicast, so only UDP needs the address check
-        st.ttl_rule = proto == PROTO_TCP or (
-            proto == PROTO_UDP and not _multi_party(client_ip, server_ip))
-        if proto in (PROTO_TCP, PROTO_UDP) and not (pkt.is_fragment and pkt.frag_offset):
+        st = _FlowState(_TTL_RULE if proto == PROTO_TCP or (
+            proto == PROTO_UDP and not _multi_party(client_ip, server_ip)) else _NO_TTL_RULE)
+        if (proto == PROTO_TCP or proto == PROTO_UDP) and not (pkt.is_fragment and pkt.frag_offset):
             if (client_port == 0 or server_port == 0):
-                self._flag(st, "port_zero")
+                self._flag(st, flow, "port_zero")
             if client_ip == server_ip and client_port == server_port:
-                self._flag(st, "land")
+                self._flag(st, flow, "land")
             if proto == PROTO_UDP or pkt.tcp_flags & (SYN | ACK) == SYN:
                 period = self.beacons.observe(client_ip, server_ip, server_port, proto, pkt.ts)
                 if period is not None:
-                    self._flag(st, "beacon", f"every {period:.1f} s")
+                    self._flag(st, flow, "beacon", f"every {period:.1f} s")
         else:
-            st.quiet = True                     # no transport payload to look at
+            st.c = st.s = _DONE_DIR             # no transport payload to look at
         return st
 
-    def _flag(self, st: _FlowState, rule: str, detail: str = "") -> None:
-        score = st.score
-        if score is None:
-            score = st.score = AnomalyScore()
-        if score.add(rule, detail):
-            st.facts.anomaly_score = score.score
-            st.facts.anomaly_reasons = score.reasons
-            self.hosts.add(st.client_ip, rule)
+    def _flag(self, st: _FlowState, flow: Any, rule: str, detail: str = "") -> None:
+        f = self._rich(st, flow)
+        if not f.anomaly_rules:
+            f.anomaly_rules, f.anomaly_reasons = [], []
+        score = add_rule(f.anomaly_score, f.anomaly_rules,  # type: ignore[arg-type]
+                         f.anomaly_reasons, rule, detail)  # type: ignore[arg-type]
+        if score is not None:
+            f.anomaly_score = score
+            self.hosts.add(flow.src_ip, rule)
+
+    def _ttl(self, st: _FlowState, flow: Any, ttl: int, forward: bool) -> None:
+        """A TTL that differs from the direction's first one (or the first one)."""
+        first = st.ttl_c if forward else st.ttl_s
+        if first < 0:
+            if forward:
+                st.ttl_c = ttl
+            else:
+                st.ttl_s = ttl
+        elif st.labels.ttl_rule and abs(ttl - first) > TTL_TOLERANCE:
+            self._flag(st, flow, "ttl_change", f"{first} -> {ttl}")
+
+    def _tcp_flags(self, st: _FlowState, flow: Any, pkt: ParsedPacket, forward: bool) -> None:
+        flags = pkt.tcp_flags
+        rule = FLAG_RULES[flags & 0xFF]
+        if rule is not None and not pkt.is_fragment:
+            self._flag(st, flow, rule)
+        if flags & SYN:
+            self._syn(st, pkt, forward, flags)
 
     def _syn(self, st: _FlowState, pkt: ParsedPacket, forward: bool, flags: int) -> None:
         isn = (pkt.seq + 1) & _MASK
         d = st.c if forward else st.s
-        if d is not None:
+        if type(d) is _Dir:
             if d.mode != _DONE:                 # (a done direction may be the shared marker)
                 d.next_seq = isn
                 if d.buf:
                     d.buf.clear()
         elif forward:
-            st.isn_c = isn
+            st.c = isn
         else:
-            st.isn_s = isn
-        f = st.facts
+            st.s = isn
         # One guess per end: retransmitted SYNs (and scans' repeats) cost nothing more.
+        lb = st.labels
         if flags & ACK:
-            if not forward and f.server_os is None:
+            if not forward and lb.server_os is None:
                 guess = fingerprint(pkt)
                 if guess is not None:
-                    f.server_os = guess.label
-        elif forward and f.client_os is None:
+                    st.labels = _labels(lb.app, lb.client_os, guess.label, lb.ttl_rule)
+        elif forward and lb.client_os is None:
             guess = fingerprint(pkt)
             if guess is not None:
-                f.client_os = guess.label
+                st.labels = _labels(lb.app, guess.label, lb.server_os, lb.ttl_rule)
+
+    # ---- payload -----------------------------------------------------------------------------
+    def _payload(self, st: _FlowState, flow: Any, pkt: ParsedPacket, forward: bool,
+                 d: _Dir | int | None) -> None:
+        """A payload-bearing packet of a direction not yet done."""
+        proto = pkt.proto
+        if type(d) is not _Dir:
+            # The direction's first payload: when it starts the stream (TCP) and names a
+            # protocol that needs no further reading, decide without making any buffers.
+            if self._first_payload(st, flow, pkt, forward, d):
+                if forward:
+                    st.c = _DONE_DIR
+                else:
+                    st.s = _DONE_DIR
+                self._both_done(st)
+                return
+            d = _Dir(next_seq=-1 if d is None else d)
+            if forward:
+                st.c = d
+            else:
+                st.s = d
+        elif d.mode == _DONE:
+            return
+        if proto == PROTO_TCP:
+            if self._feed_tcp(d, pkt.seq, pkt.payload):
+                self._run_stream(st, flow, d, forward)
+        elif proto == PROTO_UDP:
+            self._datagram(st, flow, d, bytes(pkt.payload), forward)
+        else:
+            d.mode = _DONE
+        if d.mode == _DONE and d.quic is None:
+            # Classified for good: the shared done marker replaces this direction's buffers.
+            if forward:
+                st.c = _DONE_DIR
+            else:
+                st.s = _DONE_DIR
+        self._both_done(st)
+
+    @staticmethod
+    def _both_done(st: _FlowState) -> None:
+        """Both directions done: drop what is still kept (a QUIC client's DCID)."""
+        c, s = st.c, st.s
+        if type(c) is _Dir and type(s) is _Dir and c.mode == _DONE and s.mode == _DONE:
+            st.c = st.s = _DONE_DIR
+
+    def _first_payload(self, st: _FlowState, flow: Any, pkt: ParsedPacket, forward: bool,
+                       isn: int | None) -> bool:
+        """Classify a direction from its first payload alone when that settles it (the same
+        answer the buffered path gives); False when buffering is needed."""
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            if isn is not None and pkt.seq != isn:
+                return False                    # out of order or overlapping: reassemble
+            n = self.stream_bytes
+            data = bytes(pkt.payload[:64 if n >= 64 else n])
+            app = apps.identify(data, PROTO_TCP, forward, flow.src_port, flow.dst_port)
+            if app == apps.UNDECIDED or app == apps.TLS or app == apps.HTTP:
+                return False
+        elif proto == PROTO_UDP:
+            data = bytes(pkt.payload)
+            app = apps.identify(data, PROTO_UDP, forward, flow.src_port, flow.dst_port)
+            if app == apps.QUIC and is_long_header(data):
+                return False
+        else:
+            return True
+        self._set_app(st, flow, app)
+        return True
 
     # ---- TCP reassembly ----------------------------------------------------------------------
     def _feed_tcp(self, d: _Dir, seq: int, data: memoryview) -> bool:
@@ -434,27 +557,25 @@ class FlowInspector:
         d.quic = None
 
     # ---- detectors ---------------------------------------------------------------------------
-    def _set_app(self, st: _FlowState, app: str) -> None:
-        f = st.facts
-        if app == apps.UNKNOWN and f.app_protocol not in (None, apps.UNKNOWN):
-            return
-        if f.app_protocol in (None, apps.UNKNOWN):
-            f.app_protocol = app
-            if apps.is_mismatch(app, st.proto, st.server_port, st.client_port):
-                f.mismatch = True
-                self._flag(st, "port_mismatch", f"{app} on {st.server_port}")
+    def _set_app(self, st: _FlowState, flow: Any, app: str) -> None:
+        lb = st.labels
+        if lb.app is None or lb.app == apps.UNKNOWN:
+            st.labels = _labels(app, lb.client_os, lb.server_os, lb.ttl_rule)
+            if apps.is_mismatch(app, flow.proto, flow.dst_port, flow.src_port):
+                self._rich(st, flow).mismatch = True
+                self._flag(st, flow, "port_mismatch", f"{app} on {flow.dst_port}")
 
-    def _run_stream(self, st: _FlowState, d: _Dir, forward: bool) -> None:
+    def _run_stream(self, st: _FlowState, flow: Any, d: _Dir, forward: bool) -> None:
         if d.mode == _CLASSIFY:
-            app = apps.identify(bytes(d.buf[:64]), PROTO_TCP, forward, st.client_port,
-                                st.server_port)
+            app = apps.identify(bytes(d.buf[:64]), PROTO_TCP, forward, flow.src_port,
+                                flow.dst_port)
             if app == apps.UNDECIDED:
                 d.datagrams += 1
                 if d.datagrams >= UNDECIDED_SEGMENTS:
-                    self._set_app(st, apps.UNKNOWN)
+                    self._set_app(st, flow, apps.UNKNOWN)
                     self._give_up(d)
                 return
-            self._set_app(st, app)
+            self._set_app(st, flow, app)
             if app == apps.TLS:
                 d.mode = _TLS
             elif app == apps.HTTP:
@@ -463,23 +584,22 @@ class FlowInspector:
                 self._give_up(d)
                 return
         if d.mode == _TLS:
-            self._tls(st, d)
+            self._tls(st, flow, d)
         elif d.mode == _HTTP_REQ:
-            self._http_requests(st, d)
+            self._http_requests(st, flow, d)
         elif d.mode == _HTTP_RESP:
-            self._http_response(st, d)
+            self._http_response(st, flow, d)
 
-    def _tls(self, st: _FlowState, d: _Dir) -> None:
+    def _tls(self, st: _FlowState, flow: Any, d: _Dir) -> None:
         res = parse_tls_stream(bytes(d.buf))
         if res == NEED_MORE:
             if len(d.buf) >= self.stream_bytes:
                 self._give_up(d)
             return
-        f = st.facts
         if isinstance(res, ClientHello):
-            self._client_hello(f, res)
+            self._client_hello(self._rich(st, flow), res)
         elif isinstance(res, ServerHello):
-            self._server_hello(f, res)
+            self._server_hello(self._rich(st, flow), res)
         self._give_up(d)
 
     @staticmethod
@@ -501,8 +621,7 @@ class FlowInspector:
         if hello.alpn is not None:
             f.alpn = hello.alpn
 
-    def _http_requests(self, st: _FlowState, d: _Dir) -> None:
-        f = st.facts
+    def _http_requests(self, st: _FlowState, flow: Any, d: _Dir) -> None:
         buf = d.buf
         while buf:
             if not starts_request(buf):
@@ -521,6 +640,7 @@ class FlowInspector:
                 d.resync = True
                 buf.clear()
                 return
+            f = self._rich(st, flow)
             if not f.http_requests:
                 f.http_method, f.http_path = req.method, req.path
                 f.http_host, f.http_user_agent = req.host, req.user_agent
@@ -539,7 +659,7 @@ class FlowInspector:
                 del buf[:cut]
                 d.skip = req.body_length - cut
 
-    def _http_response(self, st: _FlowState, d: _Dir) -> None:
+    def _http_response(self, st: _FlowState, flow: Any, d: _Dir) -> None:
         end = head_end(d.buf)
         if end < 0:
             if len(d.buf) >= min(self.stream_bytes, MAX_HEAD):
@@ -547,22 +667,23 @@ class FlowInspector:
             return
         resp = parse_response(bytes(d.buf[:end]))
         if resp is not None:
-            f = st.facts
+            f = self._rich(st, flow)
             f.http_status, f.http_server = resp.status, resp.server
             f.http_content_type = resp.content_type
         self._give_up(d)
 
-    def _datagram(self, st: _FlowState, d: _Dir, data: bytes, forward: bool) -> None:
+    def _datagram(self, st: _FlowState, flow: Any, d: _Dir, data: bytes,
+                  forward: bool) -> None:
         d.datagrams += 1
         if d.mode == _CLASSIFY:
-            app = apps.identify(data, PROTO_UDP, forward, st.client_port, st.server_port)
-            self._set_app(st, app)
+            app = apps.identify(data, PROTO_UDP, forward, flow.src_port, flow.dst_port)
+            self._set_app(st, flow, app)
             if app == apps.QUIC and is_long_header(data):
                 d.mode = _QUIC
                 if forward:
                     d.quic = CryptoAssembler()
                 else:
-                    client = st.c.quic if st.c is not None else None
+                    client = st.c.quic if type(st.c) is _Dir else None
                     if client is None or client.dcid is None:
                         self._give_up(d)
                         return
@@ -572,11 +693,10 @@ class FlowInspector:
                 return
         if d.mode == _QUIC and d.quic is not None:
             hello = d.quic.feed(data)
-            f = st.facts
             if isinstance(hello, ClientHello):
-                self._client_hello(f, hello)
+                self._client_hello(self._rich(st, flow), hello)
             elif isinstance(hello, ServerHello):
-                self._server_hello(f, hello)
+                self._server_hello(self._rich(st, flow), hello)
             if d.quic.done or d.datagrams >= MAX_DATAGRAMS:
                 if forward and d.quic.dcid is not None:
                     # keep the DCID (not payload) so the server's Initial can be read
@@ -585,6 +705,11 @@ class FlowInspector:
                     d.buf = bytearray()
                 else:
                     self._give_up(d)
+
+
+def _new_facts(flow: Any) -> DpiFacts:
+    """An empty record for a flow, with the registered service of its responder's port."""
+    return DpiFacts(port_guess=apps.port_guess(flow.proto, flow.dst_port, flow.src_port))
 
 
 def _multi_party(client_ip: str, server_ip: str) -> bool:
