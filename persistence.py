@@ -123,7 +123,7 @@ class SessionRecorder:
         self._last_flush = now
         sid = self.session_id
         up = self.writer.upsert_flow
-        active = self.flows._active.values()
+        active = self.flows.active_flows()
         if self.writer.backlog > self._backlog_limit:
             for f in active:
                 if f.first_seen >= since_new:

@@ -71,10 +71,10 @@ class StoredRuntime:
         self._rows = rows
         for r in rows.values():
             f = flow_from_row(r)
-            self.flows._active[id(f)] = f
+            self.flows.adopt(f)
         self.flows.total_flows = len(rows)
         self.source = _StoredSource(f"{meta.get('interface') or ''} (session {self.session_id})")
-        self.pipeline = _Pipeline(meta, list(self.flows._active.values()))
+        self.pipeline = _Pipeline(meta, self.flows.snapshot())
         self.components = Components()
         self.components.flow_enrichers.append(self._stored_fields)
         self.capture_done = True

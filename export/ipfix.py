@@ -276,10 +276,9 @@ def attach_ipfix(components: Any, flows: Any, collector: tuple[str, int],
                         mtu=get("IPFIX_MTU", DEFAULT_MTU),
                         domain_id=get("IPFIX_DOMAIN_ID", DEFAULT_DOMAIN_ID))
     flows.listeners.append(exp.on_retire)
-    active = flows._active      # the pipeline thread owns the table; read it in place
-
     def tick(now: float) -> None:
-        exp.on_tick(now, list(active.values()))
+        # the pipeline thread owns the table and runs this tick: read it in place
+        exp.on_tick(now, list(flows.active_flows()))
 
     components.periodic.append(tick)
     components.on_finish.append(exp.close)

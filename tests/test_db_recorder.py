@@ -38,7 +38,7 @@ def test_every_tick_stores_the_flows_as_the_tracker_has_them(tmp_path: Path) -> 
         recorder.on_tick(now)
         assert recorder.writer.flush(10)
         stored = {r["flow_key"]: r for r in repo.list(recorder.session_id, limit=100_000)}
-        for f in flows._active.values():
+        for f in flows.active_flows():
             assert _counters(stored[f.flow_key]) == _counters(f.as_dict()), f.flow_key
             checked += 1
 

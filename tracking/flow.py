@@ -169,9 +169,11 @@ class FlowTracker:
         self.history_limit = history_limit
         self.tcp_factory = tcp_factory
         self.lock = threading.RLock()
-        #: directional key -> (flow, forward)
-        self._table: dict[tuple, tuple[Flow, bool]] = {}
-        self._active: dict[int, Flow] = {}
+        #: canonical 5-tuple (lower address/port end first) -> the live flow; its values are the
+        #: active flows. One entry per flow, not one per direction: a second key tuple, a second
+        #: slot and two (flow, direction) tuples cost ~250 bytes a flow, more than the ordering
+        #: test per packet saves.
+        self._table: dict[tuple, Flow] = {}
         # IPv4/IPv6 fragment id -> (flow, forward), so later fragments land in the first's flow
         self._frags: dict[tuple, tuple[Flow, bool]] = {}
         self._generations: dict[tuple, int] = {}
@@ -197,8 +199,10 @@ class FlowTracker:
             fk = (src, dst, pkt.ip_id, proto)
             hit = self._frags.get(fk)
             if hit is None:
-                key = (proto, src, 0, dst, 0)
-                hit = self._table.get(key) or self._new_flow(pkt, key, src, 0, dst, 0)
+                key = (proto, src, 0, dst, 0) if src <= dst else (proto, dst, 0, src, 0)
+                flow = self._table.get(key)
+                hit = ((flow, flow.src_ip == src) if flow is not None
+                       else self._new_flow(pkt, key, src, 0, dst, 0))
             flow, fwd = hit
             self._account(flow, fwd, pkt)
             if not pkt.more_fragments:
@@ -211,22 +215,23 @@ class FlowTracker:
             sport = dport = pkt.icmp_id
         else:
             sport = dport = 0
-        key = (proto, src, sport, dst, dport)
-        hit = self._table.get(key)
-        if hit is None:
-            hit = self._new_flow(pkt, key, src, sport, dst, dport)
-            flow, fwd = hit
+        if src < dst or (src == dst and sport <= dport):
+            key = (proto, src, sport, dst, dport)
+        else:
+            key = (proto, dst, dport, src, sport)
+        flow = self._table.get(key)
+        if flow is None:
+            flow, fwd = self._new_flow(pkt, key, src, sport, dst, dport)
             tcp = flow.tcp
         else:
-            flow, fwd = hit
+            fwd = flow.src_port == sport and flow.src_ip == src
             tcp = flow.tcp
             if tcp is not None and pkt.tcp_flags & (SYN | ACK) == SYN and \
                     tcp.is_new_connection(pkt, fwd):
                 # A SYN with a new initial sequence number starts a new connection on the same
                 # 5-tuple (tshark: a new tcp.stream); its sender is the new flow's initiator.
                 self._retire(flow, "closed" if tcp.closed else "reused")
-                hit = self._new_flow(pkt, key, src, sport, dst, dport)
-                flow, fwd = hit
+                flow, fwd = self._new_flow(pkt, key, src, sport, dst, dport)
                 tcp = flow.tcp
         # _account, inlined: this runs for every packet
         ts = pkt.ts
@@ -243,14 +248,14 @@ class FlowTracker:
         if ts > flow.last_seen:
             flow.last_seen = ts
         if frag:  # a first fragment: no TCP analysis (its header may be cut), as in _account
-            self._frags[(src, dst, pkt.ip_id, proto)] = hit
+            self._frags[(src, dst, pkt.ip_id, proto)] = (flow, fwd)
             if len(self._frags) > 4096:
                 self._frags.clear()
         elif tcp is not None and proto == PROTO_TCP:
             tcp.update(pkt, fwd)
             if tcp.closed and not flow.closed_at:
                 flow.closed_at = ts or 1e-9
-        return hit
+        return flow, fwd
 
     def _account(self, flow: Flow, fwd: bool, pkt: ParsedPacket) -> None:
         if fwd:
@@ -273,38 +278,39 @@ class FlowTracker:
 
     def _new_flow(self, pkt: ParsedPacket, key: tuple, src: str, sport: int, dst: str,
                   dport: int) -> tuple[Flow, bool]:
+        """A flow for ``pkt`` under the canonical ``key``; returns (flow, pkt is forward)."""
         proto = key[0]
-        if len(self._active) >= self.max_flows:
+        if len(self._table) >= self.max_flows:
             # Make room first, so the flow being created can never be the one evicted.
             self._evict()
         # The initiator is the sender of a SYN; a SYN/ACK seen first means the other side began.
+        fwd = True
         if proto == PROTO_TCP and pkt.tcp_flags & (SYN | ACK) == SYN | ACK:
             src, sport, dst, dport = dst, dport, src, sport
-        fkey = (proto, src, sport, dst, dport)
+            fwd = False
         # the last generation of this 5-tuple is recorded when its flow retires (live flows
         # need no entry: a 5-tuple has at most one live flow)
-        gen = self._generations.pop(fkey, -1) + 1 if self._generations else 0
+        gen = self._generations.pop((proto, src, sport, dst, dport), -1) + 1 \
+            if self._generations else 0
         flow = Flow(proto, src, sport, dst, dport, pkt.ts, pkt.ts, generation=gen,
                     ip_version=pkt.ip_version)
         if proto == PROTO_TCP and self.tcp_factory is not None:
             flow.tcp = self.tcp_factory()
-        self._table[fkey] = (flow, True)
-        self._table[(proto, dst, dport, src, sport)] = (flow, False)
-        self._active[id(flow)] = flow
+        self._table[key] = flow
         self.total_flows += 1
         for cb in self.new_flow_listeners:
             cb(flow)
-        return self._table[key]
+        return flow, fwd
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _unlink(self, flow: Flow) -> None:
-        f = (flow.proto, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port)
-        r = (flow.proto, flow.dst_ip, flow.dst_port, flow.src_ip, flow.src_port)
-        for k in (f, r):
-            hit = self._table.get(k)
-            if hit is not None and hit[0] is flow:
-                del self._table[k]
-        self._active.pop(id(flow), None)
+        key = _canonical(flow)
+        if self._table.get(key) is flow:
+            del self._table[key]
+
+    def adopt(self, flow: Flow) -> None:
+        """Put an already built flow (a stored session's) in the table as active."""
+        self._table[_canonical(flow)] = flow
 
     def _retire(self, flow: Flow, why: str) -> None:
         self._unlink(flow)
@@ -322,8 +328,8 @@ class FlowTracker:
 
     def _evict(self) -> None:
         # Evict the least recently seen ~1% in one pass instead of maintaining LRU order per packet.
-        n = max(1, len(self._active) // 100)
-        victims = sorted(self._active.values(), key=lambda f: f.last_seen)[:n]
+        n = max(1, len(self._table) // 100)
+        victims = sorted(self._table.values(), key=lambda f: f.last_seen)[:n]
         for flow in victims:
             self.evicted += 1
             self._retire(flow, "evicted")
@@ -333,7 +339,7 @@ class FlowTracker:
         self._last_expiry = now
         idle_before = now - self.idle_timeout
         linger_before = now - self.close_linger
-        gone = [f for f in self._active.values()
+        gone = [f for f in self._table.values()
                 if f.last_seen < idle_before or (f.closed_at and f.closed_at < linger_before)]
         for flow in gone:
             why = "closed" if flow.closed_at else "idle"
@@ -348,23 +354,35 @@ class FlowTracker:
 
     def finish(self) -> None:
         """End of capture: every active flow is retired so listeners see its final state."""
-        for flow in list(self._active.values()):
+        for flow in list(self._table.values()):
             self._retire(flow, "end")
 
     # ---- readers -----------------------------------------------------------------------------
     def snapshot(self) -> list[Flow]:
         """Active flows (shared objects: read them, don't change them)."""
         with self.lock:
-            return list(self._active.values())
+            return list(self._table.values())
+
+    def active_flows(self) -> Iterable[Flow]:
+        """The live view of the active flows, for code on the pipeline thread (no copy)."""
+        return self._table.values()
 
     def all_flows(self) -> list[Flow]:
         """Active and retired flows of the run, retired first (for exports)."""
         with self.lock:
-            return list(self.retired) + list(self._active.values())
+            return list(self.retired) + list(self._table.values())
 
     @property
     def active_count(self) -> int:
-        return len(self._active)
+        return len(self._table)
+
+
+def _canonical(flow: Flow) -> tuple:
+    """The table key of ``flow``: its 5-tuple with the lower (address, port) end first."""
+    p, a, ap, b, bp = flow.proto, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
+    if a < b or (a == b and ap <= bp):
+        return (p, a, ap, b, bp)
+    return (p, b, bp, a, ap)
 
 
 # ---- snapshot helpers (pure functions over lists of flows) -----------------------------------
