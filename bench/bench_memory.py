@@ -51,6 +51,7 @@ def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int]:
     if not full:
         rt.pipeline.stages = []
         rt.pipeline.flow_stages = []
+        rt.pipeline.frame_sinks = []
     frames = CaptureFile(path)
     # Let the start-up loaders (offline geo data) finish first, so none of their allocations
     # land in the traced window (on a busy machine they would, by a varying amount).
