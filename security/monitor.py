@@ -43,6 +43,9 @@ log = get_logger(__name__)
 #: retransmissions, the ACK; attempts older than that are dropped by the SYN-flood detector
 #: anyway): its half-open bookkeeping only needs those
 HANDSHAKE_SEGMENTS = 4
+#: Flow.sec of a TCP flow whose client has sent its handshake ACK since its last SYN: the
+#: SYN-flood detector has nothing pending for it, so its later ACKs skip that detector
+_ACKED = 1
 #: seconds a snapshot of the connection graph is reused by snapshot()
 GRAPH_REFRESH = 2.0
 #: the private flow table of a monitor used without attach() (tests, tools)
@@ -217,6 +220,8 @@ class SecurityMonitor:
         http_request = clear.http_request if clear is not None else _nothing
         login_ports = LOGIN_PORTS if clear is not None else frozenset()
         http_methods = HTTP_METHODS if clear is not None else frozenset()
+        # the methods' first bytes: most payloads fail on one byte read, no slice made
+        http_first = frozenset(m[0] for m in http_methods)
         by_proto = self._by_proto
         ip_other = self._ip_other
         generic = self._generic
@@ -228,11 +233,15 @@ class SecurityMonitor:
                 if flags & ACK:
                     if flags & SYN:  # SYN/ACK: answers a probe
                         tcp_open(pkt)
-                    elif forward and flow.packets_sent <= HANDSHAKE_SEGMENTS:
+                    elif forward and flow.packets_sent <= HANDSHAKE_SEGMENTS and \
+                            flow.sec is None:
                         client_ack(pkt)  # may complete a half-open attempt
+                        # (the attempt it completes is gone: the next ACKs have none to end)
+                        flow.sec = _ACKED
                 else:  # no ACK: a SYN, a client's RST, or a stealth probe
                     if flags & SYN:
                         syn_seen(pkt)
+                        flow.sec = None  # a new attempt may be pending again
                     elif flags & RST:
                         client_ack(pkt)
                     tcp_probe(pkt, flags, flow if forward and flow.packets_sent == 1
@@ -244,7 +253,9 @@ class SecurityMonitor:
                         login_port(pkt)
                     else:
                         off = pkt.payload_offset
-                        if pkt.data[off:off + 4] in http_methods:
+                        data = pkt.data
+                        if len(data) > off and data[off] in http_first and \
+                                data[off:off + 4] in http_methods:
                             http_request(pkt)
                     if sport == 53 or dport == 53:
                         dns_message(pkt)

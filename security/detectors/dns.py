@@ -84,19 +84,24 @@ class DnsDetector:
         sport, dport = pkt.sport, pkt.dport
         if sport != DNS_PORT and dport != DNS_PORT:
             return
-        msg = pkt.payload
+        # The header is read from the frame in place; only the few queries that get decoded
+        # are copied out.
+        data = pkt.data
+        start = pkt.payload_offset
+        end = min(start + pkt.payload_len, len(data))
         if proto == PROTO_TCP:
-            msg = msg[2:]  # two-byte length prefix; only the first message of a segment
-        if len(msg) < 12:
+            start += 2  # two-byte length prefix; only the first message of a segment
+        if end - start < 12:
             return
         self.messages += 1
-        flags = msg[2] << 8 | msg[3]
+        flags = data[start + 2] << 8 | data[start + 3]
         if flags & 0x8000:
             if sport == DNS_PORT and flags & 0x000F == 3:
                 self._nxdomain(pkt.dst_ip, pkt.ts)
-        elif dport == DNS_PORT and len(msg) >= 16 + self.min_name_len:
+        elif dport == DNS_PORT and end - start >= 16 + self.min_name_len and \
+                (data[start + 4] or data[start + 5]):  # a question to decode at all
             # Only a message big enough to hold a suspect name is decoded at all.
-            qname = decode(msg, sections=0).qname or ""
+            qname = decode(data[start:end], sections=0).qname or ""
             if len(qname) >= self.min_name_len:
                 self._maybe_tunnel(pkt.src_ip, pkt.dst_ip, qname, pkt.ts)
 

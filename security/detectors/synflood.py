@@ -13,6 +13,10 @@ from security.detectors._bounded import evict_oldest
 
 
 class _Service:
+    """One (host, port). Most services see one client at a time whose handshake completes at
+    once, so the containers are made only when needed: ``pending`` is None while no attempt
+    is open, ``sources`` the one source address until a second one shows up."""
+
     __slots__ = ("bucket", "syns", "peak", "pending", "overflow", "sources", "last")
 
     def __init__(self, bucket: int) -> None:
@@ -20,10 +24,15 @@ class _Service:
         self.syns = 0
         self.peak = 0
         #: (client, client port) -> time of its SYN, removed when the handshake completes
-        self.pending: dict[tuple[str, int], float] = {}
+        self.pending: dict[tuple[str, int], float] | None = None
         self.overflow = 0
-        self.sources: set[str] = set()
+        #: sources of this second's SYNs (at most 1024 counted): None, one address, or a set
+        self.sources: str | set[str] | None = None
         self.last = 0.0
+
+    def source_count(self) -> int:
+        s = self.sources
+        return 0 if s is None else 1 if type(s) is str else len(s)
 
 
 class SynFloodDetector:
@@ -67,8 +76,12 @@ class SynFloodDetector:
         dst = pkt.dst_ip
         if dst in self._hosts:
             svc = self._services.get((dst, pkt.dport))
-            if svc is not None and svc.pending:
-                svc.pending.pop((pkt.src_ip, pkt.sport), None)
+            if svc is not None:
+                pending = svc.pending
+                if pending:
+                    pending.pop((pkt.src_ip, pkt.sport), None)
+                    if not pending:
+                        svc.pending = None  # frees the table the attempts needed
 
     def syn(self, pkt: ParsedPacket) -> None:
         """A SYN without ACK: a connection attempt toward (dst, dport)."""
@@ -84,19 +97,29 @@ class SynFloodDetector:
         elif bucket != svc.bucket:
             svc.bucket = bucket
             svc.syns = 0
-            svc.sources.clear()
+            svc.sources = None
             # Attempts older than a few seconds are dead either way; forget them.
             if svc.pending and ts - svc.last > 5:
-                svc.pending.clear()
+                svc.pending = None
         svc.last = ts
         svc.syns += 1
-        if len(svc.sources) < 1024:
-            svc.sources.add(pkt.src_ip)
-        if len(svc.pending) < self.max_pending:
-            svc.pending[(pkt.src_ip, pkt.sport)] = ts
+        src = pkt.src_ip
+        sources = svc.sources
+        if sources is None:
+            svc.sources = src
+        elif type(sources) is str:
+            if sources != src:
+                svc.sources = {sources, src}
+        elif len(sources) < 1024:
+            sources.add(src)
+        pending = svc.pending
+        if pending is None:
+            pending = svc.pending = {}
+        if len(pending) < self.max_pending:
+            pending[(src, pkt.sport)] = ts
         else:
             svc.overflow += 1
-        if svc.syns >= self.syn_rate and len(svc.pending) >= self.half_open:
+        if svc.syns >= self.syn_rate and len(pending) >= self.half_open:
             if svc.syns > svc.peak:
                 svc.peak = svc.syns
             if svc.syns == self.syn_rate or svc.syns % self.syn_rate == 0:
@@ -104,9 +127,9 @@ class SynFloodDetector:
                 self.engine.raise_alert(
                     "syn_flood", "high", host, f"{host}:{port}",
                     f"SYN flood toward {host}:{port}: {svc.syns} SYNs/s from "
-                    f"{len(svc.sources)} sources, {len(svc.pending)} half-open",
-                    {"syns_per_s": svc.syns, "half_open": len(svc.pending),
-                     "sources": len(svc.sources), "dropped_attempts": svc.overflow},
+                    f"{svc.source_count()} sources, {len(pending)} half-open",
+                    {"syns_per_s": svc.syns, "half_open": len(pending),
+                     "sources": svc.source_count(), "dropped_attempts": svc.overflow},
                     ts=ts)
 
     def _evict(self) -> None:
