@@ -145,6 +145,11 @@ _SIP_STARTS = (b"INVITE sip:", b"REGISTER sip:", b"SIP/2.0 ", b"OPTIONS sip:", b
                b"BYE sip:", b"NOTIFY sip:", b"SUBSCRIBE sip:")
 _QUIC_VERSIONS = frozenset((b"\x00\x00\x00\x01", b"\x6b\x33\x43\xcf", b"\x00\x00\x00\x00"))
 _GENERIC = frozenset((WEB, SECURE_WEB, UNKNOWN))
+_MAIL_STARTS = (b"220 ", b"220-", b"EHLO", b"HELO", b"+OK ", b"* OK")
+#: first bytes of the TCP text prefixes :func:`_signature` looks for (SSH, BitTorrent, HTTP,
+#: SIP, mail): binary payloads skip those checks (RDP's 3 is not among them)
+_TCP_TEXT_FIRST = frozenset(p[0] for p in (b"SSH-", b"\x13BitTorrent protocol", *_HTTP_STARTS,
+                                           *_SIP_STARTS, *_MAIL_STARTS))
 
 
 def _signature(proto: int, head: bytes, n: int) -> tuple[str, bool, bool] | None:
@@ -155,21 +160,25 @@ def _signature(proto: int, head: bytes, n: int) -> tuple[str, bool, bool] | None
     if proto == _T:
         if 0x14 <= b0 <= 0x17 and head[1] == 3 and head[2] <= 4:
             return SECURE_WEB, True, True              # TLS record (the port may say otherwise)
-        first4 = head[:4]
-        if first4 == b"SSH-":
-            return REMOTE_ACCESS, True, True
-        if head.startswith(b"\x13BitTorrent protocol"):
-            return P2P, False, True
-        if n >= 8 and head[4:8] in (b"\xffSMB", b"\xfeSMB"):
-            return FILE_TRANSFER, False, True
-        if b0 == 3 and head[1] == 0 and n >= 7 and head[5] == 0xE0:
-            return REMOTE_ACCESS, True, True           # TPKT + X.224 connection request (RDP)
-        if first4 in _HTTP_STARTS:
-            return WEB, False, False
-        if head.startswith(_SIP_STARTS):
-            return VOIP, False, True
-        if first4 in (b"220 ", b"220-", b"EHLO", b"HELO", b"+OK ", b"* OK"):
-            return MAIL, False, False
+        if b0 in _TCP_TEXT_FIRST:
+            first4 = head[:4]
+            if first4 == b"SSH-":
+                return REMOTE_ACCESS, True, True
+            if head.startswith(b"\x13BitTorrent protocol"):
+                return P2P, False, True
+            if n >= 8 and head[4:8] in (b"\xffSMB", b"\xfeSMB"):
+                return FILE_TRANSFER, False, True
+            if first4 in _HTTP_STARTS:
+                return WEB, False, False
+            if head.startswith(_SIP_STARTS):
+                return VOIP, False, True
+            if first4 in _MAIL_STARTS:
+                return MAIL, False, False
+        else:                                          # binary: none of the text prefixes
+            if n >= 8 and head[4:8] in (b"\xffSMB", b"\xfeSMB"):
+                return FILE_TRANSFER, False, True
+            if b0 == 3 and head[1] == 0 and n >= 7 and head[5] == 0xE0:
+                return REMOTE_ACCESS, True, True       # TPKT + X.224 connection request (RDP)
         if n >= 8 and head[4:8] == b"\x00\x03\x00\x00":
             return DATABASE, False, False              # PostgreSQL startup message
         if n >= 5 and head[3] == 0 and head[4] == 0x0A:
@@ -295,7 +304,14 @@ class TrafficClassifier:
                 return
             if not n:
                 return
-        if n:
+            off = pkt.payload_offset
+            head = pkt.data[off:off + (n if n < 260 else 260)]
+            # Only a strong result replaces the one made; it needs a strong signature, or
+            # plain HTTP (strong on an HTTPS port): anything else leaves the flow as it is.
+            sig = _signature(flow.proto, head, n)
+            if sig is None or not (sig[2] or sig[0] == WEB):
+                return
+        elif n:
             off = pkt.payload_offset
             head = pkt.data[off:off + (n if n < 260 else 260)]
         else:
