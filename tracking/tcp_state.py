@@ -46,6 +46,8 @@ Known differences from tshark (each one is deliberate, for speed and memory):
 """
 from __future__ import annotations
 
+from typing import Any
+
 from capture.packet import ACK, FIN, RST, SYN, ParsedPacket
 
 # --- events returned by update(); one bit per Wireshark tcp.analysis flag (TCP_A_*), plus ours.
@@ -71,6 +73,10 @@ EV_CLOSED = 0x40000                # the connection became closed with this pack
 #: Wireshark's display filter ``tcp.analysis.retransmission`` matches fast and spurious
 #: retransmissions too (packet-tcp.c adds the retransmission expert item for all three).
 EV_ANY_RETRANSMISSION = EV_RETRANSMISSION | EV_FAST_RETRANSMISSION | EV_SPURIOUS_RETRANSMISSION
+#: events that move one of the counters (_count)
+_COUNTED = (EV_ANY_RETRANSMISSION | EV_OUT_OF_ORDER | EV_DUP_ACK | EV_ZERO_WINDOW
+            | EV_ZERO_WINDOW_PROBE | EV_KEEP_ALIVE | EV_WINDOW_UPDATE | EV_WINDOW_FULL
+            | EV_LOST_SEGMENT)
 
 #: event bit -> tshark display filter name (``tcp.analysis.<name>``), for reports and tests.
 EVENT_NAMES: dict[int, str] = {
@@ -123,6 +129,39 @@ _OOO_DEFAULT = 0.003 - _TIME_EPS       # out-of-order limit without a handshake 
 _BAD_TCP_HEADER = ("truncated TCP header", "bad TCP header length", "truncated TCP options")
 
 
+class _Counts:
+    """A connection's analysis counters (only connections with events carry one)."""
+
+    __slots__ = ("retransmissions", "fast_retransmissions", "spurious_retransmissions",
+                 "out_of_order", "dup_acks", "zero_windows", "zero_window_probes", "keep_alives",
+                 "window_updates", "window_full", "lost_segments", "resets")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+class _Counter:
+    """Reads one counter of a :class:`TcpConnection`: 0 until the connection had an event.
+
+    Twelve counters as slots cost 96 bytes on every connection; almost all stay 0.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self) -> None:
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: "TcpConnection | None", owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        n = obj._n
+        return getattr(n, self.name) if n is not None else 0
+
+
 class _Half:
     """What one direction has sent (Wireshark's tcp_flow_t + tcp_analyze_seq_flow_info_t)."""
 
@@ -156,10 +195,21 @@ class TcpConnection:
     """
 
     __slots__ = ("_a", "_b", "_syn_ts", "_steady", "_ooo_limit", "state", "handshake_rtt",
-                 "closed", "packets",
-                 "retransmissions", "fast_retransmissions", "spurious_retransmissions",
-                 "out_of_order", "dup_acks", "zero_windows", "zero_window_probes", "keep_alives",
-                 "window_updates", "window_full", "lost_segments", "resets")
+                 "closed", "packets", "_n")
+
+    #: frames matching tshark's tcp.analysis.retransmission (includes fast and spurious)
+    retransmissions = _Counter()
+    fast_retransmissions = _Counter()
+    spurious_retransmissions = _Counter()
+    out_of_order = _Counter()
+    dup_acks = _Counter()
+    zero_windows = _Counter()
+    zero_window_probes = _Counter()
+    keep_alives = _Counter()
+    window_updates = _Counter()
+    window_full = _Counter()
+    lost_segments = _Counter()
+    resets = _Counter()
 
     def __init__(self) -> None:
         self._a = _Half()          # initiator -> responder
@@ -175,19 +225,8 @@ class TcpConnection:
         #: FIN both ways acknowledged, or RST: the tracker may retire the flow after a linger
         self.closed = False
         self.packets = 0
-        #: frames matching tshark's tcp.analysis.retransmission (includes fast and spurious)
-        self.retransmissions = 0
-        self.fast_retransmissions = 0
-        self.spurious_retransmissions = 0
-        self.out_of_order = 0
-        self.dup_acks = 0
-        self.zero_windows = 0
-        self.zero_window_probes = 0
-        self.keep_alives = 0
-        self.window_updates = 0
-        self.window_full = 0
-        self.lost_segments = 0
-        self.resets = 0
+        #: the analysis counters, made at the first event (most connections never have one)
+        self._n: _Counts | None = None
 
     # ------------------------------------------------------------------ stream splitting
     def is_new_connection(self, pkt: ParsedPacket, forward: bool) -> bool:
@@ -373,35 +412,44 @@ class TcpConnection:
             return ev
         return self._advance_state(flags, seq, ack, seglen, forward, fwd, rev, ev)
 
+    def _counts(self) -> _Counts:
+        n = self._n
+        if n is None:
+            n = self._n = _Counts()
+        return n
+
     def _count(self, ev: int) -> None:
+        if not ev & _COUNTED:
+            return  # e.g. only the handshake event
+        n = self._counts()
         if ev & EV_ANY_RETRANSMISSION:
-            self.retransmissions += 1
+            n.retransmissions += 1
             if ev & EV_FAST_RETRANSMISSION:
-                self.fast_retransmissions += 1
+                n.fast_retransmissions += 1
             elif ev & EV_SPURIOUS_RETRANSMISSION:
-                self.spurious_retransmissions += 1
+                n.spurious_retransmissions += 1
         if ev & EV_OUT_OF_ORDER:
-            self.out_of_order += 1
+            n.out_of_order += 1
         if ev & EV_DUP_ACK:
-            self.dup_acks += 1
+            n.dup_acks += 1
         if ev & EV_ZERO_WINDOW:
-            self.zero_windows += 1
+            n.zero_windows += 1
         if ev & EV_ZERO_WINDOW_PROBE:
-            self.zero_window_probes += 1
+            n.zero_window_probes += 1
         if ev & EV_KEEP_ALIVE:
-            self.keep_alives += 1
+            n.keep_alives += 1
         if ev & EV_WINDOW_UPDATE:
-            self.window_updates += 1
+            n.window_updates += 1
         if ev & EV_WINDOW_FULL:
-            self.window_full += 1
+            n.window_full += 1
         if ev & EV_LOST_SEGMENT:
-            self.lost_segments += 1
+            n.lost_segments += 1
 
     def _advance_state(self, flags: int, seq: int, ack: int, seglen: int, forward: bool,
                        fwd: _Half, rev: _Half, ev: int) -> int:
         """Connection state machine (ours; Wireshark has none). Returns ``ev`` plus RST/CLOSED."""
         if flags & RST:
-            self.resets += 1
+            self._counts().resets += 1
             ev |= EV_RST
             self._steady = False
             if self.state != RESET:
