@@ -3,10 +3,15 @@
 :class:`FlowInspector` keeps, per flow and direction, a small in-order buffer of the first
 bytes of TCP payload (out-of-order segments are parked, retransmissions trimmed), runs the
 detectors on it once (application protocol, TLS hello, HTTP head, QUIC Initial), then frees
-the buffer and marks the direction done. After that, a packet of the flow costs one dict
-lookup and a few integer compares (the anomaly rules). HTTP client directions are the one
-exception: request heads keep being read, up to ``http_requests`` per flow, so keep-alive
+the buffer and marks the direction done. A direction whose first payload settles it (most do:
+SSH, DNS, unknown binary...) never gets a buffer at all. After that, a packet of the flow costs
+a few attribute reads and integer compares (the anomaly rules). HTTP client directions are the
+one exception: request heads keep being read, up to ``http_requests`` per flow, so keep-alive
 connections report every request they carry.
+
+Memory: every live flow holds one 80-byte :class:`_FlowState`; the application protocol and OS
+guesses are a shared interned :class:`_Labels` value, and the full :class:`DpiFacts` record is
+made only for flows with TLS, HTTP or anomaly facts.
 
 Privacy: payload bytes live only in these buffers, in memory, and only until the direction is
 classified or its ``stream_bytes`` limit is reached. Facts exclude secrets: no cookies,
@@ -476,13 +481,19 @@ class FlowInspector:
         if proto == PROTO_TCP:
             if isn is not None and pkt.seq != isn:
                 return False                    # out of order or overlapping: reassemble
-            n = self.stream_bytes
-            data = bytes(pkt.payload[:64 if n >= 64 else n])
+            n = pkt.payload_len
+            if n > 64:
+                n = 64
+            if n > self.stream_bytes:
+                n = self.stream_bytes
+            off = pkt.payload_offset
+            data = pkt.data[off:off + n]
             app = apps.identify(data, PROTO_TCP, forward, flow.src_port, flow.dst_port)
             if app == apps.UNDECIDED or app == apps.TLS or app == apps.HTTP:
                 return False
         elif proto == PROTO_UDP:
-            data = bytes(pkt.payload)
+            off = pkt.payload_offset
+            data = pkt.data[off:off + pkt.payload_len]
             app = apps.identify(data, PROTO_UDP, forward, flow.src_port, flow.dst_port)
             if app == apps.QUIC and is_long_header(data):
                 return False
