@@ -130,7 +130,8 @@ class PortScanDetector:
     # --- entry points: each handles one kind of packet ------------------------------------
     def tcp_open(self, pkt: ParsedPacket) -> None:
         """A SYN/ACK: the port is open, so that probe was answered."""
-        self._answered(pkt.dst_ip, pkt.src_ip, PROTO_TCP, pkt.sport)
+        if self._vertical or self._horizontal:  # else there is no count to correct
+            self._answered(pkt.dst_ip, pkt.src_ip, PROTO_TCP, pkt.sport)
 
     def tcp_probe(self, pkt: ParsedPacket, flags: int, first: Flow | None = None) -> None:
         """A TCP segment without ACK (``flags``: its flags): SYN, FIN, NULL, XMAS or odd.
@@ -178,7 +179,8 @@ class PortScanDetector:
                     pkt.src_ip, pkt.dst_ip, pkt.ts, PROTO_ICMP, 8, K_ICMP, first)):
                 self._probe_host(pkt, PROTO_ICMP, 8, K_ICMP)
         elif t == (129 if v6 else 0):
-            self._answered(pkt.dst_ip, pkt.src_ip, PROTO_ICMP, 8)
+            if self._vertical or self._horizontal:
+                self._answered(pkt.dst_ip, pkt.src_ip, PROTO_ICMP, 8)
         elif (t == 3 and pkt.icmp_code == 3) or (v6 and t == 1 and pkt.icmp_code == 4):
             q = pkt.quoted
             if q is not None and q.proto == PROTO_UDP:
