@@ -32,15 +32,21 @@ class Dashboard:
     def __init__(self, runtime: Any, console: Console | None = None) -> None:
         self.rt = runtime
         self.simple = bool(getattr(runtime.args, "simple", False))
-        self.console = console or Console()
+        self.console = console or terminal_console()
         self.view = ViewState(simple=self.simple)
         self.builder = StateBuilder(runtime)
         self.state: DashboardState | None = None
         self.refresh = float(runtime.settings.REFRESH_RATE)
         self.terminated = False
+        #: set by SIGWINCH: the loop draws the next frame at once, at the new size
+        self.resized = False
+        #: read end of the signal wakeup pipe while ``run`` is on the main thread
+        self._wake: int | None = None
 
     # ---- one tick ----------------------------------------------------------------------------
     def tick(self) -> DashboardState:
+        # Cleared before the size is read: a resize during this frame asks for another one.
+        self.resized = False
         self.view.page_rows = screen.page_rows(self.console.size.height, self.state)
         try:
             self.state = self.builder.build(self.view)
@@ -73,12 +79,22 @@ class Dashboard:
             self.terminated = True
             rt.stop.set()
 
+        def on_winch(signum: int, frame: Any) -> None:
+            self.resized = True
+
         on_main = _on_main_thread()
         prev_term = signal.signal(signal.SIGTERM, on_term) if on_main else None
-        # SIGWINCH: Rich measures the terminal on every refresh; the handler only has to exist so
-        # the default action (ignore) cannot be replaced by something that kills us, and to wake
-        # the loop for an immediate redraw.
-        prev_winch = signal.signal(signal.SIGWINCH, lambda s, f: None) if on_main else None
+        # SIGWINCH: Rich measures the terminal on every frame (see terminal_console); the handler
+        # asks for a frame at once, and the wakeup pipe ends the key wait it arrives in (a Python
+        # handler alone cannot: select is retried after it, PEP 475).
+        prev_winch = signal.signal(signal.SIGWINCH, on_winch) if on_main else None
+        wake_r, wake_w = os.pipe() if on_main else (-1, -1)
+        prev_wakeup = -1
+        if on_main:
+            os.set_blocking(wake_r, False)
+            os.set_blocking(wake_w, False)
+            prev_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        self._wake = wake_r if on_main else None
         use_keys = not self.simple and os.isatty(sys.stdin.fileno()) if _has_stdin() else False
         try:
             rt.start_capture()
@@ -94,8 +110,11 @@ class Dashboard:
         finally:
             self.builder.close()
             if on_main:
+                signal.set_wakeup_fd(prev_wakeup)
                 signal.signal(signal.SIGTERM, prev_term)
                 signal.signal(signal.SIGWINCH, prev_winch)
+                os.close(wake_r)
+                os.close(wake_w)
             rt.shutdown()
         return 0
 
@@ -113,15 +132,34 @@ class Dashboard:
                     if self.rt.stop.wait(max(0.0, left)) and self.terminated:
                         return
                     break
-                keys = inp.read(max(0.0, left))
+                keys = inp.read(max(0.0, left), self._wake)
                 if keys:
                     for k in keys:
                         self.handle(k)
                     break  # redraw at once after input
-                if left <= 0 or self.terminated:
+                if left <= 0 or self.terminated or self.resized:
                     break
             if self.should_exit():
                 return
+
+
+def terminal_console() -> Console:
+    """The dashboard's Console: on a terminal its size is measured at every frame.
+
+    Rich takes COLUMNS/LINES from the environment as a fixed size for the Console's lifetime.
+    Shells export them as a snapshot (bash with checkwinsize updates them in its own environment
+    on a resize, never in a running child's; ``eval $(resize)`` exports them), so a dashboard
+    started that way would draw every frame at its start size after the terminal was resized.
+    On a terminal the terminal is the truth; output to a pipe or file (--simple) keeps them.
+    """
+    try:
+        tty = os.isatty(sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):
+        tty = False
+    if not tty:
+        return Console()
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return Console(_environ=env)
 
 
 def _on_main_thread() -> bool:

@@ -88,10 +88,18 @@ class InputHandler:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def read(self, timeout: float) -> list[str]:
-        """Wait up to ``timeout`` s for input; decode everything available."""
-        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
-        if not ready:
+    def read(self, timeout: float, wake: int | None = None) -> list[str]:
+        """Wait up to ``timeout`` s for input; decode everything available.
+
+        ``wake``: a non-blocking fd (a signal wakeup pipe) that ends the wait early when it
+        becomes readable; it is drained here. Without it a signal cannot shorten the wait:
+        select is retried after a Python signal handler returns (PEP 475).
+        """
+        fds = [self.fd] if wake is None else [self.fd, wake]
+        ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        if wake is not None and wake in ready:
+            _drain(wake)
+        if self.fd not in ready:
             return []
         data = os.read(self.fd, 1024)
         if not data:
@@ -106,6 +114,15 @@ class InputHandler:
                 break
             data += chunk
         return decode(data)
+
+
+def _drain(fd: int) -> None:
+    """Empty a non-blocking wakeup pipe (the bytes only say that a signal came)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _open_csi(data: bytes) -> bool:
