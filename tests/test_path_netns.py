@@ -300,7 +300,8 @@ CONTINUOUS = textwrap.dedent("""
         end = time.monotonic() + limit
         while not cond() and time.monotonic() < end:
             time.sleep(0.02)
-    wait(lambda: all(d.rounds >= 3 for d in tracer.snapshot().destinations))
+    # a loaded machine may take a while for three rounds; the old route needs them stored
+    wait(lambda: all(d.rounds >= 3 for d in tracer.snapshot().destinations), 90.0)
     print("READY", flush=True)
     sys.stdin.readline()                       # the test moves the route now
     wait(lambda: len(changes) >= len(targets))
