@@ -727,8 +727,11 @@ def _multi_party(client_ip: str, server_ip: str) -> bool:
     """Broadcast, multicast or unspecified addresses: senders' TTLs legitimately differ."""
     if client_ip in ("0.0.0.0", "::") or server_ip.endswith(".255"):
         return True
-    if server_ip[:2].lower() == "ff":
-        return True
+    first = server_ip[:1]
+    if first == "f" or first == "F":
+        return server_ip[1:2] in ("f", "F")     # IPv6 multicast ff00::/8
+    if first != "2":
+        return False                            # (addresses are canonical: no leading zeros)
     head = server_ip.split(".", 1)[0]
     return head.isdigit() and 224 <= int(head) <= 239
 
