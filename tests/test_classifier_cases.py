@@ -1,6 +1,7 @@
 """TrafficClassifier: every category, real payload bytes from the captures, flow patterns."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from capture.packet import (
     PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ParsedPacket,
 )
+from capture.parser import parse
 from capture.reader import iter_parsed
 from tests.conftest import CAPTURES, require
 from tracking import classifier as c
@@ -159,3 +161,45 @@ def test_refine_flow_patterns() -> None:
     assert r(c.UNKNOWN, 3000, 3000 * 200, 60.0, 200.0, proto=T) == c.UNKNOWN
     # specific categories are never overridden by shape
     assert r(c.DNS, 20000, 25_000_000, 300.0, 1250.0) == c.DNS
+
+
+def _segment(payload: bytes, flags: int, sport: int, dport: int, reverse: bool = False,
+             seq: int = 1000) -> ParsedPacket:
+    """A real IPv4/TCP frame decoded by our parser (checksums are not checked there)."""
+    src, dst = bytes([10, 0, 0, 2]), bytes([192, 0, 2, 7])
+    if reverse:
+        src, dst, sport, dport = dst, src, dport, sport
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 0x50, flags, 65535, 0, 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, T, 0, src, dst)
+    return parse(b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + tcp, 1)
+
+
+def _stage_flow(port: int, client_payloads: list[bytes]) -> tuple[str, bool, bool]:
+    """(classification, encrypted, class_final) of a flow fed through the flow stage: a
+    handshake (named by its port), then the client's payloads."""
+    flows, cls = FlowTracker(), TrafficClassifier(inspect_packets=8)
+    pkts = [_segment(b"", 0x02, 51000, port), _segment(b"", 0x12, 51000, port, reverse=True)]
+    pkts += [_segment(p, 0x18, 51000, port) for p in client_payloads]
+    flow = None
+    for p in pkts:
+        hit = flows.process(p)
+        assert hit is not None
+        flow = hit[0]
+        cls.flow_stage(p, *hit)
+    assert flow is not None
+    return flow.classification, flow.encrypted, flow.class_final
+
+
+def test_flow_stage_lets_only_signatures_rename_a_port_named_flow() -> None:
+    unknown = b"\x8f\x02\x99\x11random-binary-stuff"
+    # the handshake names the flow by its port; payload the port already fits changes nothing
+    assert _stage_flow(443, [unknown]) == (c.SECURE_WEB, True, False)
+    # a strong signature later in the first packets renames it, for good
+    assert _stage_flow(8080, [unknown, b"SSH-2.0-OpenSSH_9.2\r\n"]) == (c.REMOTE_ACCESS, True, True)
+    # plain HTTP on an HTTPS port is web, unencrypted
+    assert _stage_flow(443, [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]) == (c.WEB, False, True)
+    # weak signatures (a mail banner) only name flows whose first packet had nothing better
+    assert _stage_flow(40000, [b"220 mail.example ESMTP\r\n"]) == (c.UNKNOWN, False, False)
+    # past the first packets the decision is final, and later signatures are not looked at
+    late = [unknown] * 8 + [b"SSH-2.0-OpenSSH_9.2\r\n"]
+    assert _stage_flow(8080, late) == (c.WEB, False, True)

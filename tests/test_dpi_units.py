@@ -5,7 +5,9 @@ what it sees in the pipeline.
 """
 from __future__ import annotations
 
+import gc
 import struct
+import tracemalloc
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -19,6 +21,7 @@ from analysis.quic import initial_keys
 from analysis.tls import ClientHello, is_grease, parse_handshake, parse_tls_stream
 from capture.packet import ParsedPacket
 from capture.parser import parse
+from tracking.flow import FlowTracker
 
 CLIENT, SERVER = "10.0.0.2", "93.184.216.34"
 
@@ -294,3 +297,48 @@ def test_quic_initial_keys_match_rfc9001_appendix_a() -> None:
     assert server.key.hex() == "cf3a5331653c364c88f0f379b6067e37"
     assert server.iv.hex() == "0ac1493ca1905853b0bba03e"
     assert server.hp.hex() == "c206b8d9b9f0f37644430b490eeaa314"
+
+
+def _frame(payload: bytes, flags: int, sport: int, dport: int, reverse: bool = False,
+           seq: int = 1000) -> ParsedPacket:
+    """One IPv4/TCP frame decoded by our parser, built without scapy (thousands are needed)."""
+    src, dst = bytes([10, 0, sport >> 8, sport & 0xFF]), bytes([192, 0, 2, 7])
+    if reverse:
+        src, dst, sport, dport = dst, src, dport, sport
+    seg = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 0x50, flags, 65535, 0, 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 1, 0x4000, 64, 6, 0, src, dst)
+    return parse(b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + seg, 1)
+
+
+def test_live_flows_cost_little_memory_and_keep_their_facts() -> None:
+    """Each live flow's inspection state stays small once its directions are classified (no
+    buffers, no full facts record for flows without TLS/HTTP/anomaly facts)."""
+    n = 2000
+    tracker = FlowTracker()
+    fed = []
+    for i in range(n):
+        port = 1024 + i
+        for pkt in (_frame(b"", 0x02, port, 22, seq=1000),
+                    _frame(b"", 0x12, port, 22, reverse=True, seq=5000),
+                    _frame(b"SSH-2.0-OpenSSH_9.2\r\n", 0x18, port, 22, seq=1001),
+                    _frame(b"\x8f\x02\x99\x11random-binary-stuff", 0x18, port, 22,
+                           reverse=True, seq=5001)):
+            hit = tracker.process(pkt)
+            assert hit is not None
+            fed.append((pkt, *hit))
+    ins = FlowInspector()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for pkt, flow, forward in fed:
+            ins.flow_stage(pkt, flow, forward)
+        gc.collect()
+        per_flow = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    # ~80 bytes of state plus the beacon detector's key (was ~500 with a record per flow)
+    assert per_flow < 256, per_flow
+    flow = fed[-1][1]
+    assert (ins.facts(flow).app_protocol, ins.facts(flow).client_os) == (apps.SSH, "unknown")
+    assert ins.as_export(flow)["app_protocol"] == apps.SSH
