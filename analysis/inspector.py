@@ -378,10 +378,11 @@ class FlowInspector:
 
     def _flag(self, st: _FlowState, flow: Any, rule: str, detail: str = "") -> None:
         f = self._rich(st, flow)
-        if not f.anomaly_rules:
-            f.anomaly_rules, f.anomaly_reasons = [], []
-        score = add_rule(f.anomaly_score, f.anomaly_rules,  # type: ignore[arg-type]
-                         f.anomaly_reasons, rule, detail)  # type: ignore[arg-type]
+        rules, reasons = f.anomaly_rules, f.anomaly_reasons
+        if not isinstance(rules, list) or not isinstance(reasons, list):
+            rules, reasons = [], []             # (empty tuples until the first rule trips)
+            f.anomaly_rules, f.anomaly_reasons = rules, reasons
+        score = add_rule(f.anomaly_score, rules, reasons, rule, detail)
         if score is not None:
             f.anomaly_score = score
             self.hosts.add(flow.src_ip, rule)
