@@ -14,7 +14,7 @@ the per-(source, host) and per-(source, port) records that count targets.
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
 from capture.packet import ACK, FIN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PSH, RST, \
@@ -39,7 +39,7 @@ _MAX_TARGETS = 65536
 
 
 #: a source's only probe so far: the flow it opened, or (ts, dst, proto, dport, kind)
-_Solo = Union[Flow, "tuple[float, str, int, int, int]"]
+_Solo = Flow | tuple[float, str, int, int, int]
 #: the probe kind a flow's first packet implies, by IP protocol (K_SYN: a plain SYN)
 _FLOW_KIND = {PROTO_TCP: K_SYN, PROTO_UDP: K_UDP, PROTO_ICMP: K_ICMP, PROTO_ICMPV6: K_ICMP}
 
