@@ -82,6 +82,9 @@ class Pipeline:
         self.flow_stages = list(flow_stages)
         self.frame_sinks = list(frame_sinks)
         self.exclude = exclude
+        #: asked once per batch whether ``exclude`` has anything to leave out (when it says no,
+        #: the batch skips the per-packet call: almost every run has nothing to exclude)
+        self.exclude_needed: Callable[[], bool] | None = None
         self.periodic = list(periodic)
         self.pcap_writer = writer
         self.track_inner = on_packet_inner
@@ -98,6 +101,8 @@ class Pipeline:
         stages = self.stages
         flow_stages = self.flow_stages
         exclude = self.exclude
+        if exclude is not None and self.exclude_needed is not None and not self.exclude_needed():
+            exclude = None
         track_inner = self.track_inner
         sinks = self.frame_sinks
         kept_frames: list[RawFrame] = []

@@ -65,7 +65,7 @@ class Runtime:
         if settings.DB_ENABLED:
             self._open_database()
         self._build_paths()
-        self.pipeline.exclude = self._own_traffic_filter()
+        self.pipeline.exclude, self.pipeline.exclude_needed = self._own_traffic_filter()
 
     def _build_paths(self) -> None:
         """The traceroute engine (Paths view, -t): database-backed when a session is stored."""
@@ -95,8 +95,11 @@ class Runtime:
                                f"route to {change.target} changed at hop {hops}",
                                evidence=change.as_dict())
 
-    def _own_traffic_filter(self) -> Callable[[Any], bool] | None:
-        """Leave our own probes and resolver queries out of flows and statistics."""
+    def _own_traffic_filter(self) -> tuple[Callable[[Any], bool], Callable[[], bool]]:
+        """Leave our own probes and resolver queries out of flows and statistics.
+
+        Returns the per-packet test and the per-batch question whether it can match at all.
+        """
         paths = self.components.paths
         enricher = self.components.enricher
         own_probe = paths.own_probe if paths is not None else None
@@ -115,7 +118,10 @@ class Runtime:
             ports = own[0]
             return bool(ports) and (pkt.sport in ports or pkt.dport in ports)
 
-        return exclude
+        def needed() -> bool:
+            return bool(own[0]) or (paths is not None and paths.tracing)
+
+        return exclude, needed
 
     def _open_database(self) -> None:
         """Open the database and start this run's session; failures are one-line errors."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import islice
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Collection, Iterator
 
@@ -22,6 +23,9 @@ from capture.writer import PcapngWriter
 
 #: one kept frame and its flow
 _Entry = tuple[RawFrame, Any]
+
+_frame = itemgetter(0)
+_data = attrgetter("data")
 
 #: bytes counted per kept frame on top of its data: the frame record (56) with its float time
 #: stamp (24), the pair (56) and the deque slot (measured by bench/bench_memory.py)
@@ -65,13 +69,14 @@ class PacketRing:
         overflow = len(ring) + n - self.max_frames
         if overflow > 0:
             gone = min(overflow, len(ring))
-            self._bytes -= sum(len(e[0].data) for e in islice(ring, gone)) + gone * ENTRY_OVERHEAD
+            self._bytes -= sum(map(len, map(_data, map(_frame, islice(ring, gone))))) \
+                + gone * ENTRY_OVERHEAD
             if n > self.max_frames:  # a batch larger than the ring keeps only its tail
                 frames = frames[-self.max_frames:]
                 flows = flows[-self.max_frames:]
                 n = len(frames)
         ring.extend(zip(frames, flows))
-        self._bytes += sum(len(f.data) for f in frames) + n * ENTRY_OVERHEAD
+        self._bytes += sum(map(len, map(_data, frames))) + n * ENTRY_OVERHEAD
         if self._bytes > self.max_bytes:
             self._trim()
 

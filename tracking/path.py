@@ -358,6 +358,11 @@ class PathTracer:
             return PathsSnapshot(tuple(out), self.probes_sent, self.replies, self.unmatched,
                                  self.rate, tuple(self.errors))
 
+    @property
+    def tracing(self) -> bool:
+        """True while any target is being traced (its probes and replies are ours)."""
+        return bool(self._targets)
+
     def own_probe(self, pkt: ParsedPacket) -> bool:
         """True for the tracer's probes and the replies to them (exclude them from statistics)."""
         t = self._targets
