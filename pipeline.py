@@ -137,11 +137,12 @@ class Pipeline:
                         stage(pkt)
                     hit = fprocess(pkt)
                     if hit is not None:
+                        flow, fwd = hit
                         for fs in flow_stages:
-                            fs(pkt, hit[0], hit[1])
+                            fs(pkt, flow, fwd)
                         if keep_frame is not None:
                             keep_frame(fr)
-                            keep_flow(hit[0])
+                            keep_flow(flow)
                     p = pkt.inner
                     while p is not None and track_inner:
                         hit = fprocess(p)

@@ -49,9 +49,9 @@ class _Host:
     ip: str
     first_seen: float
     last_seen: float
+    #: the last TTL seen; the initial TTL and hop count follow from it (not stored: 16 bytes a
+    #: host, and a busy link has tens of thousands of hosts)
     last_ttl: int
-    initial_ttl: int
-    last_hops: int
     min_hops: int
     max_hops: int
     packets: int = 1
@@ -112,7 +112,7 @@ class HopAnalyzer:
         h = self._hosts.get(src)
         if h is None:
             hops = _INITIAL[ttl] - ttl
-            self._hosts[src] = _Host(src, pkt.ts, pkt.ts, ttl, _INITIAL[ttl], hops, hops, hops)
+            self._hosts[src] = _Host(src, pkt.ts, pkt.ts, ttl, hops, hops)
             if len(self._hosts) > self.max_hosts:
                 # the oldest-seen eighth in one go: deleting the front key one at a time
                 # re-scans the deleted slots each time (quadratic once the table is full)
@@ -121,11 +121,8 @@ class HopAnalyzer:
         h.packets += 1
         h.last_seen = pkt.ts
         if ttl != h.last_ttl:
-            init = _INITIAL[ttl]
-            hops = init - ttl
+            hops = _INITIAL[ttl] - ttl
             h.last_ttl = ttl
-            h.initial_ttl = init
-            h.last_hops = hops
             if hops < h.min_hops:
                 h.min_hops = hops
             if hops > h.max_hops:
@@ -170,7 +167,7 @@ class HopAnalyzer:
         if h is None:
             # First packet from this host: a placeholder (no packets yet) that the caller's
             # accounting of this same packet fills in right after.
-            h = self._hosts[ip] = _Host(ip, ts, ts, 0, 0, 0, 1 << 30, -1, packets=0)
+            h = self._hosts[ip] = _Host(ip, ts, ts, 0, 1 << 30, -1, packets=0)
         h.probe_ttl = probe_ttl
 
     # ---- readers -----------------------------------------------------------------------------
@@ -179,7 +176,7 @@ class HopAnalyzer:
         h = self._hosts.get(ip)
         if h is None or not h.packets:
             return None
-        return h.last_hops
+        return _INITIAL[h.last_ttl] - h.last_ttl
 
     def get(self, ip: str) -> HostHops | None:
         h = self._hosts.get(ip)
@@ -195,5 +192,6 @@ class HopAnalyzer:
 
 
 def _freeze(h: _Host) -> HostHops:
-    return HostHops(h.ip, h.initial_ttl, h.last_ttl, h.last_hops, h.min_hops, h.max_hops,
+    init = _INITIAL[h.last_ttl]
+    return HostHops(h.ip, init, h.last_ttl, init - h.last_ttl, h.min_hops, h.max_hops,
                     h.packets, h.first_seen, h.last_seen, h.probe_ttl)
