@@ -147,11 +147,12 @@ class Pipeline:
                     while p is not None and track_inner:
                         hit = fprocess(p)
                         if hit is not None:
+                            flow, fwd = hit
                             for fs in flow_stages:
-                                fs(p, hit[0], hit[1])
+                                fs(p, flow, fwd)
                             if keep_frame is not None:
                                 keep_frame(fr)
-                                keep_flow(hit[0])
+                                keep_flow(flow)
                         p = p.inner
             finally:
                 c.packets += packets

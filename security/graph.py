@@ -82,6 +82,24 @@ def _fold(edges: dict[tuple[str, str], Edge], src: str, dst: str, nbytes: int, p
         e.last = last
 
 
+def _sum_into(live: dict[tuple[str, str], list[Any]], key: tuple[str, str], nbytes: int,
+              packets: int, first: float, last: float) -> None:
+    """Like :func:`_fold`, into a plain [bytes, packets, first, last] list (the view builds
+    Edge objects once per edge afterwards)."""
+    if not packets:
+        return
+    a = live.get(key)
+    if a is None:
+        live[key] = [nbytes, packets, first, last]
+        return
+    a[0] += nbytes
+    a[1] += packets
+    if first < a[2]:
+        a[2] = first
+    if last > a[3]:
+        a[3] = last
+
+
 class ConnectionGraph:
     """Directed host graph derived from flows.
 
@@ -191,35 +209,10 @@ class ConnectionGraph:
         # Sum the active flows per direction into plain lists first (one dict probe per
         # direction and flow); Edge objects are made once per edge afterwards.
         live: dict[tuple[str, str], list[Any]] = {}
-        get = live.get
         for f in active:
             first, last = f.first_seen, f.last_seen
-            n = f.packets_sent
-            if n:
-                key = (f.src_ip, f.dst_ip)
-                a = get(key)
-                if a is None:
-                    live[key] = [f.bytes_sent, n, first, last]
-                else:
-                    a[0] += f.bytes_sent
-                    a[1] += n
-                    if first < a[2]:
-                        a[2] = first
-                    if last > a[3]:
-                        a[3] = last
-            n = f.packets_recv
-            if n:
-                key = (f.dst_ip, f.src_ip)
-                a = get(key)
-                if a is None:
-                    live[key] = [f.bytes_recv, n, first, last]
-                else:
-                    a[0] += f.bytes_recv
-                    a[1] += n
-                    if first < a[2]:
-                        a[2] = first
-                    if last > a[3]:
-                        a[3] = last
+            _sum_into(live, (f.src_ip, f.dst_ip), f.bytes_sent, f.packets_sent, first, last)
+            _sum_into(live, (f.dst_ip, f.src_ip), f.bytes_recv, f.packets_recv, first, last)
         for key, (nbytes, packets, first, last) in live.items():
             e = Edge(key[0], key[1], first)
             old = done.get(key)

@@ -129,12 +129,19 @@ _OOO_DEFAULT = 0.003 - _TIME_EPS       # out-of-order limit without a handshake 
 _BAD_TCP_HEADER = ("truncated TCP header", "bad TCP header length", "truncated TCP options")
 
 
+#: the analysis counters of a connection (names of the flow-export contract, summed by
+#: tracking.tcp_totals)
+COUNTERS: tuple[str, ...] = (
+    "retransmissions", "fast_retransmissions", "spurious_retransmissions", "out_of_order",
+    "dup_acks", "zero_windows", "zero_window_probes", "keep_alives", "window_updates",
+    "window_full", "lost_segments", "resets",
+)
+
+
 class _Counts:
     """A connection's analysis counters (only connections with events carry one)."""
 
-    __slots__ = ("retransmissions", "fast_retransmissions", "spurious_retransmissions",
-                 "out_of_order", "dup_acks", "zero_windows", "zero_window_probes", "keep_alives",
-                 "window_updates", "window_full", "lost_segments", "resets")
+    __slots__ = COUNTERS
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -502,19 +509,9 @@ class TcpConnection:
     def as_dict(self) -> dict[str, object]:
         """TCP counters for a flow in the export (names are the flow-export contract)."""
         rtt = self.handshake_rtt
-        return {
-            "retransmissions": self.retransmissions,
-            "fast_retransmissions": self.fast_retransmissions,
-            "spurious_retransmissions": self.spurious_retransmissions,
-            "out_of_order": self.out_of_order,
-            "dup_acks": self.dup_acks,
-            "zero_windows": self.zero_windows,
-            "zero_window_probes": self.zero_window_probes,
-            "keep_alives": self.keep_alives,
-            "window_updates": self.window_updates,
-            "window_full": self.window_full,
-            "lost_segments": self.lost_segments,
-            "resets": self.resets,
-            "handshake_rtt_ms": None if rtt is None else round(rtt * 1000.0, 3),
-            "state": self.state,
-        }
+        n = self._n
+        d: dict[str, object] = {name: getattr(n, name) if n is not None else 0
+                                for name in COUNTERS}
+        d["handshake_rtt_ms"] = None if rtt is None else round(rtt * 1000.0, 3)
+        d["state"] = self.state
+        return d

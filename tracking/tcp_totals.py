@@ -9,14 +9,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Iterable
 
-from tracking.tcp_state import STATES, TcpConnection
+from tracking.tcp_state import COUNTERS, STATES, TcpConnection
 
-#: counters summed across connections; the names are those of TcpConnection and the export
-COUNTERS: tuple[str, ...] = (
-    "retransmissions", "fast_retransmissions", "spurious_retransmissions", "out_of_order",
-    "dup_acks", "zero_windows", "zero_window_probes", "keep_alives", "window_updates",
-    "window_full", "lost_segments", "resets",
-)
 #: upper bounds (ms, inclusive) of the handshake RTT histogram buckets; the last bucket is open
 RTT_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
