@@ -300,12 +300,17 @@ CONTINUOUS = textwrap.dedent("""
         end = time.monotonic() + limit
         while not cond() and time.monotonic() < end:
             time.sleep(0.02)
-    # a loaded machine may take a while for three rounds; the old route needs them stored
-    wait(lambda: all(d.rounds >= 3 for d in tracer.snapshot().destinations), 90.0)
+    # the old route seen (and so stored) three times: a round whose reply was late completes
+    # no route and stores none, so counting rounds is not enough
+    wait(lambda: all(any(r.times_seen >= 3 for r in d.routes)
+                     for d in tracer.snapshot().destinations), 90.0)
     print("READY", flush=True)
     sys.stdin.readline()                       # the test moves the route now
     wait(lambda: len(changes) >= len(targets))
-    time.sleep(0.3)                            # a few rounds on the new route
+    # two more rounds on the new route (a fixed sleep raced a round slowed by a late reply;
+    # then stop() had no unsaved round to store)
+    after = {d.target: d.rounds for d in tracer.snapshot().destinations}
+    wait(lambda: all(d.rounds >= after[d.target] + 2 for d in tracer.snapshot().destinations))
     tracer.stop()
     print(json.dumps({"snapshot": tracer.snapshot().as_dict(),
                       "changes": [c.as_dict() for c in changes]}), flush=True)
