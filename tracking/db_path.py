@@ -108,7 +108,9 @@ class DBPathTracer(PathTracer):
                 hop_repo.add_latency_samples(conn, samples)
 
         self._write(op)
-        if due:
+        if hops:
+            # only a stored traceroute counts as saved: a round that got no answer (the first
+            # probes can meet ICMP rate limits or neighbour resolution) leaves the next one due
             self._saved[r.target] = (ts, ts)
 
     def _finished(self, target: str) -> bool:
