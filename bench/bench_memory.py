@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Memory per live flow: the whole pipeline holding N concurrent flows (default 50k).
 
-    python bench/bench_memory.py [--flows 50000] [--top 15]
+    python bench/bench_memory.py [--flows 50000] [--top 15] [--full-only]
 
-Feeds a generated capture whose flows are all still active at the end (no expiry), and reports
+Feeds generated captures whose flows are all still active at the end (no expiry), and reports
 the traced Python heap growth divided by the number of flows, for the flow table alone and for
 the full set of trackers. Target: under 1 KiB per flow beyond the interpreter's baseline.
+
+Some state grows with hosts, not flows (hop estimates, address strings, scan and beacon tables
+keyed by host or host pair). The full set of trackers is therefore measured three times: with
+the flows shared by 2x1,000 and by 2x10,000 hosts, and the worst case where every flow has its
+own two hosts. The two shared runs are solved for bytes per flow and bytes per host; the worst
+case shows what a flow costs when it also brings two new hosts.
 
 The packet ring (the last ``PACKET_RING_FRAMES`` frames kept for saving selected flows) is a
 fixed budget, not a per-flow cost: its share is measured by emptying it at the end and is shown
@@ -16,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,8 +47,9 @@ def _total(snap: tracemalloc.Snapshot) -> int:
     return sum(t.size for t in snap.statistics("filename"))
 
 
-def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int]:
-    """Returns (bytes held by the trackers, active flows, bytes held by the ring, ring frames)."""
+def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int, int]:
+    """Returns (bytes held by the trackers, active flows, distinct hosts, bytes held by the
+    ring, ring frames)."""
     import config
     import main
     from capture.reader import CaptureFile
@@ -84,7 +93,21 @@ def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int]:
             fr = stat.traceback[0]
             name = fr.filename.replace(str(ROOT) + "/", "")
             print(f"    {stat.size / 1024 / 1024:7.1f} MiB {stat.count:>8} objs  {name}:{fr.lineno}")
-    return used - ring_bytes, rt.flows.active_count, ring_bytes, ring_frames
+    hosts = {f.src_ip for f in rt.flows.active_flows()} | {f.dst_ip for f in rt.flows.active_flows()}
+    return used - ring_bytes, rt.flows.active_count, len(hosts), ring_bytes, ring_frames
+
+
+def _measure_apart(path: Path, full: bool, top: int) -> tuple[int, int, int, int, int]:
+    """:func:`measure` in a fresh interpreter: module-level caches (the parser's address
+    strings) filled by an earlier run would otherwise not be counted in a later one."""
+    cmd = [sys.executable, __file__, "--one", str(path), "--top", str(top)]
+    if full:
+        cmd.append("--full-only")
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    *listing, last = out.splitlines()
+    if listing:
+        print("\n".join(listing))
+    return tuple(json.loads(last))  # type: ignore[return-value]
 
 
 def main_() -> None:
@@ -92,20 +115,38 @@ def main_() -> None:
     ap.add_argument("--flows", type=int, default=50_000)
     ap.add_argument("--top", type=int, default=0, help="list the N lines holding most memory")
     ap.add_argument("--full-only", action="store_true", help="skip the flow-table-only run")
+    ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # internal: one measurement
     a = ap.parse_args()
+    if a.one:
+        print(json.dumps(measure(a.one, a.full_only, a.top)))
+        return
     from bench.gen_capture import generate
+    runs = [(False, 0)] if not a.full_only else []
+    runs += [(True, 1000), (True, 10_000), (True, 0)]
+    fit: list[tuple[int, int, int]] = []
     with tempfile.TemporaryDirectory() as td:
-        path = Path(td) / "mem.pcap"
-        # 4 packets per flow: handshake and data in both directions, all flows stay active
-        generate(path, a.flows * 4, a.flows)
-        for full in ((True,) if a.full_only else (False, True)):
-            used, n, ring_bytes, ring_frames = measure(path, full, a.top if full else 0)
+        for full, hosts in runs:
+            path = Path(td) / f"mem-{hosts}.pcap"
+            if not path.exists():
+                # 4 packets per flow: handshake and data in both directions, all flows stay active
+                generate(path, a.flows * 4, a.flows, hosts=hosts)
+            used, n, nhosts, ring_bytes, ring_frames = _measure_apart(
+                path, full, a.top if full and not hosts else 0)
             label = "all trackers" if full else "flow table + TCP"
-            print(f"{label:<18} {n:>7} active flows  {used / 1024 / 1024:8.1f} MiB  "
-                  f"{used / max(n, 1):8.0f} bytes/flow")
-            if ring_frames:
+            shape = f"{nhosts:>6} hosts" if hosts else "own hosts"
+            print(f"{label:<18} {n:>7} flows {shape:>12}  {used / 1024 / 1024:8.1f} MiB  "
+                  f"{used / max(n, 1):8.0f} bytes/flow", flush=True)
+            if full and hosts:
+                fit.append((used, n, nhosts))
+            if ring_frames and not hosts:
                 print(f"{'packet ring':<18} {ring_frames:>7} frames (fixed budget, not per flow)  "
                       f"{ring_bytes / 1024 / 1024:5.1f} MiB  {ring_bytes / ring_frames:6.0f} bytes/frame")
+    if len(fit) == 2 and fit[0][1] == fit[1][1] and fit[0][2] != fit[1][2]:
+        (u1, n, h1), (u2, _, h2) = fit
+        per_host = (u2 - u1) / (h2 - h1)
+        per_flow = (u1 - h1 * per_host) / n
+        print(f"all trackers: {per_flow:.0f} bytes per flow + {per_host:.0f} bytes per host "
+              f"(solved from the two shared-host runs)")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,13 @@ def udp(sport: int, dport: int, payload: bytes) -> bytes:
     return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
 
-def generate(path: Path, packets: int, flows: int, seed: int = 1) -> int:
+def generate(path: Path, packets: int, flows: int, seed: int = 1, hosts: int = 0) -> int:
+    """Writes the capture; returns its packet count.
+
+    ``hosts`` > 0 spreads the flows over that many client and that many server addresses
+    (flow i joins client i % hosts and server i % hosts, so host pairs repeat too); 0 gives
+    every flow its own pair of hosts. The default stream of bytes does not change with it.
+    """
     rnd = random.Random(seed)
     mac_a, mac_b = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
     specs = []
@@ -60,6 +66,14 @@ def generate(path: Path, packets: int, flows: int, seed: int = 1) -> int:
         else:
             a = bytes([10, (i >> 16) & 0xFF, (i >> 8) & 0xFF, i & 0xFF or 1])
             b = bytes([rnd.randint(1, 223), rnd.randint(0, 255), rnd.randint(0, 255), rnd.randint(1, 254)])
+        if hosts:
+            h = i % hosts
+            if v6:
+                a = a[:12] + struct.pack("!I", h)
+                b = b[:12] + struct.pack("!I", 0x10000 + h)
+            else:
+                a = bytes([10, 200, h >> 8 & 0xFF, h & 0xFF])
+                b = bytes([198, 18, h >> 8 & 0xFF, h & 0xFF])
         proto = "tcp" if kind < 0.7 else "udp" if kind < 0.95 else "icmp"
         dport = rnd.choice((80, 443, 443, 443, 53, 22, 25, 8080, 3306, 123)) if proto != "icmp" else 0
         vlan = 100 + (i % 4) if rnd.random() < 0.1 else None
@@ -126,8 +140,10 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--flows", type=int, default=50_000)
+    ap.add_argument("--hosts", type=int, default=0,
+                    help="client and server addresses the flows share (0: every flow its own)")
     a = ap.parse_args()
-    n = generate(a.out, a.packets, a.flows)
+    n = generate(a.out, a.packets, a.flows, hosts=a.hosts)
     print(f"wrote {n} packets in {a.flows} flows to {a.out}")
 
 
