@@ -143,9 +143,9 @@ class RateSampler:
         class_b: dict[str, float] = {}
         prev = self._prev_bytes
         get = prev.get
-        # Hot for 50k flows once a second: locals, the cached key, protocol names resolved after.
+        # Hot for 50k flows once a second: locals, protocol names resolved after.
         for f in flows:
-            k = f._key or f.flow_key
+            k = f.flow_key
             b = f.bytes_sent + f.bytes_recv
             cur[k] = b
             d = b - get(k, 0)
@@ -259,7 +259,7 @@ class StateBuilder:
                             is_local=sources.is_local, names=names)
 
     def _row(self, f: Flow, vs: ViewState, rates: dict[str, float]) -> FlowRow:
-        key = f._key or f.flow_key
+        key = f.flow_key
         extra = self._extras.get(key) or {}
         fqdn = sources.name_of(extra) or self.names(f.dst_ip)
         src = f"{f.src_ip}:{f.src_port}" if f.has_ports else f.src_ip
@@ -281,7 +281,7 @@ class StateBuilder:
         enrichers = list(self.rt.components.flow_enrichers)
         if not enrichers or not window:
             return
-        keys = tuple(f._key or f.flow_key for f in window)
+        keys = tuple(f.flow_key for f in window)
         known = self._extras
 
         def job() -> dict[str, dict[str, Any]]:
@@ -289,7 +289,7 @@ class StateBuilder:
             out = {k: v for k, v in known.items() if k in keys} if len(known) > 4 * len(keys) \
                 else dict(known)
             for f in window:
-                out[f._key or f.flow_key] = sources.enrich(f, enrichers)
+                out[f.flow_key] = sources.enrich(f, enrichers)
             return out
 
         missing = any(k not in known for k in keys)

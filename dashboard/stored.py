@@ -15,7 +15,7 @@ from typing import Any
 from capture.sniffer import CaptureStats
 from config import Settings
 from pipeline import PipelineCounters
-from tracking.flow import Flow, FlowTracker
+from tracking.flow import Flow, FlowTracker, RecordedFlow
 
 _PROTO_NUMBERS = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMPv6": 58, "SCTP": 132, "GRE": 47}
 
@@ -40,15 +40,13 @@ class _Pipeline:
 
 def flow_from_row(row: dict[str, Any]) -> Flow:
     proto = _PROTO_NUMBERS.get(row.get("protocol") or "", 0)
-    f = Flow(proto, row["src_ip"], row.get("src_port") or 0, row["dst_ip"], row.get("dst_port") or 0,
-             row.get("first_seen") or 0.0, row.get("last_seen") or 0.0,
-             packets_sent=row.get("packets_sent") or 0, packets_recv=row.get("packets_recv") or 0,
-             bytes_sent=row.get("bytes_sent") or 0, bytes_recv=row.get("bytes_recv") or 0,
-             ip_version=row.get("ip_version") or (6 if ":" in row["src_ip"] else 4),
-             classification=row.get("classification") or "", encrypted=bool(row.get("encrypted")))
-    f._key = row.get("flow_key") or ""
-    f.retired = "stored"
-    return f
+    return RecordedFlow(
+        proto, row["src_ip"], row.get("src_port") or 0, row["dst_ip"], row.get("dst_port") or 0,
+        row.get("first_seen") or 0.0, row.get("last_seen") or 0.0,
+        packets_sent=row.get("packets_sent") or 0, packets_recv=row.get("packets_recv") or 0,
+        bytes_sent=row.get("bytes_sent") or 0, bytes_recv=row.get("bytes_recv") or 0,
+        classification=row.get("classification") or "", encrypted=bool(row.get("encrypted")),
+        retired="stored", _key=row.get("flow_key") or "")
 
 
 class StoredRuntime:

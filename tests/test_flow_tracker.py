@@ -6,7 +6,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capture.packet import ACK, FIN, PROTO_TCP, PROTO_UDP, SYN, ParsedPacket
+from capture.packet import ACK, FIN, PROTO_TCP, PROTO_UDP, RST, SYN, ParsedPacket
 from capture.reader import iter_parsed
 from tests.conftest import CAPTURES
 from tracking.flow import FlowTracker, destinations, filter_flows, sort_flows
@@ -70,13 +70,29 @@ def test_tcp_close_linger_and_port_reuse_start_a_new_flow() -> None:
         p.ack = ack
         ft.process(p)
     first = ft.snapshot()[0]
-    assert first.tcp.closed and first.closed_at
+    assert first.tcp.closed
     # A new SYN with a new ISN on the same 5-tuple: a new connection, like tshark's tcp.stream
     ft.process(pkt(7.0, a[0], a[1], b[0], b[1], PROTO_TCP, SYN, seq=9000))
     flows = ft.all_flows()
     assert len(flows) == 2 and flows[0].retired and flows[1].flow_key.endswith("|1")
     ft.expire(1000.0)  # past the idle timeout
     assert ft.active_count == 0
+
+
+def test_closed_connection_leaves_after_the_linger_from_its_last_packet() -> None:
+    ft = FlowTracker(close_linger=5, idle_timeout=300, tcp_factory=TcpConnection)
+    a, b = ("10.0.0.1", 40000), ("10.0.0.2", 80)
+    for i, (flags, (s, sp), seq, ack) in enumerate([(SYN, a, 100, 0), (SYN | ACK, b, 500, 101),
+                                                     (ACK, a, 101, 501), (RST, b, 501, 0)]):
+        d, dp = b if (s, sp) == a else a
+        p = pkt(float(i), s, sp, d, dp, PROTO_TCP, flags, seq=seq, size=60)
+        p.ack = ack
+        ft.process(p)
+    ft.process(pkt(6.0, a[0], a[1], b[0], b[1], PROTO_TCP, ACK, seq=101))  # late, after the RST
+    ft.expire(10.0)   # 4 s after the last packet: still lingering
+    assert ft.active_count == 1
+    ft.expire(11.5)   # past the linger, far from the idle timeout
+    assert ft.active_count == 0 and ft.retired[-1].retired == "closed" and ft.expired == 0
 
 
 def test_syn_ack_first_makes_its_receiver_the_initiator() -> None:

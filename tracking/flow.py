@@ -57,14 +57,11 @@ class Flow:
     ttl_recv: int = 0
     flags_sent: int = 0
     flags_recv: int = 0
-    ip_version: int = 4
     tcp: TcpAnalyzer | None = None
     classification: str = ""
     encrypted: bool = False
-    closed_at: float = 0.0
     #: why the flow left the table: "" (active), "idle", "closed", "evicted", "end"
     retired: str = ""
-    agent: str = ""
     _key: str = field(default="", repr=False)
     #: the classifier has decided for good (signature seen, or past its first packets)
     class_final: bool = field(default=False, repr=False)
@@ -80,9 +77,14 @@ class Flow:
     def flow_key(self) -> str:
         """Stable id: the same flow in a replay or after a restart gets the same key."""
         if not self._key:
+            # made on first use only (the writer and the dashboard ask; --no-db runs never do)
             k = f"{proto_name(self.proto)}|{self.src_ip}|{self.src_port}|{self.dst_ip}|{self.dst_port}"
             self._key = k if not self.generation else f"{k}|{self.generation}"
         return self._key
+
+    @property
+    def ip_version(self) -> int:
+        return 6 if ":" in self.src_ip else 4
 
     @property
     def protocol(self) -> str:
@@ -145,6 +147,19 @@ class Flow:
         else:
             for name in tcp_fields:
                 d[name] = None
+        return d
+
+
+@dataclass(slots=True, eq=False)
+class RecordedFlow(Flow):
+    """A flow rebuilt from a record (a stored session's row, a relay agent's report): it carries
+    the agent that saw it (relay), which live flows need no slot for. Give it the key it was
+    recorded under as ``_key``."""
+
+    agent: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d = Flow.as_dict(self)
         if self.agent:
             d["agent"] = self.agent
         return d
@@ -253,8 +268,6 @@ class FlowTracker:
                 self._frags.clear()
         elif tcp is not None and proto == PROTO_TCP:
             tcp.update(pkt, fwd)
-            if tcp.closed and not flow.closed_at:
-                flow.closed_at = ts or 1e-9
         return flow, fwd
 
     def _account(self, flow: Flow, fwd: bool, pkt: ParsedPacket) -> None:
@@ -273,8 +286,6 @@ class FlowTracker:
         tcp = flow.tcp
         if tcp is not None and pkt.proto == PROTO_TCP and not pkt.is_fragment:
             tcp.update(pkt, fwd)
-            if tcp.closed and not flow.closed_at:
-                flow.closed_at = pkt.ts or 1e-9
 
     def _new_flow(self, pkt: ParsedPacket, key: tuple, src: str, sport: int, dst: str,
                   dport: int) -> tuple[Flow, bool]:
@@ -292,8 +303,7 @@ class FlowTracker:
         # need no entry: a 5-tuple has at most one live flow)
         gen = self._generations.pop((proto, src, sport, dst, dport), -1) + 1 \
             if self._generations else 0
-        flow = Flow(proto, src, sport, dst, dport, pkt.ts, pkt.ts, generation=gen,
-                    ip_version=pkt.ip_version)
+        flow = Flow(proto, src, sport, dst, dport, pkt.ts, pkt.ts, generation=gen)
         if proto == PROTO_TCP and self.tcp_factory is not None:
             flow.tcp = self.tcp_factory()
         self._table[key] = flow
@@ -335,14 +345,19 @@ class FlowTracker:
             self._retire(flow, "evicted")
 
     def expire(self, now: float) -> int:
-        """Retire idle flows and closed TCP flows past their linger; returns how many."""
+        """Retire idle flows and closed TCP flows past their linger; returns how many.
+
+        The linger runs from a closed connection's last packet (a late ACK or a retransmitted
+        FIN still lands in its flow), so no close time is kept per flow.
+        """
         self._last_expiry = now
         idle_before = now - self.idle_timeout
         linger_before = now - self.close_linger
         gone = [f for f in self._table.values()
-                if f.last_seen < idle_before or (f.closed_at and f.closed_at < linger_before)]
+                if f.last_seen < idle_before or f.last_seen < linger_before
+                and f.tcp is not None and f.tcp.closed]
         for flow in gone:
-            why = "closed" if flow.closed_at else "idle"
+            why = "closed" if flow.tcp is not None and flow.tcp.closed else "idle"
             if why == "idle":
                 self.expired += 1
             self._retire(flow, why)

@@ -20,7 +20,7 @@ from relay.server.protocol import (
     AlertBatch, AlertRecord, Bye, DnsBatch, FlowBatch, FlowRecord, FlowUpdate, Hello, Metrics,
     PortBatch, PortRecord, flow_row,
 )
-from tracking.flow import Flow
+from tracking.flow import Flow, RecordedFlow
 
 #: the dashboard's agent states
 CONNECTED, LOST, CLOSED = "connected", "lost", "closed"
@@ -229,12 +229,12 @@ class MergedStore:
             items = list(self.flows.items())
         out = []
         for (agent, _), (r, _) in items:
-            f = Flow(_PROTO_NUM.get(r.protocol, 0), r.src_ip, r.src_port or 0, r.dst_ip,
-                     r.dst_port or 0, r.first_seen, r.last_seen, packets_sent=r.packets_sent,
-                     packets_recv=r.packets_recv, bytes_sent=r.bytes_sent,
-                     bytes_recv=r.bytes_recv, ip_version=r.ip_version,
-                     classification=r.classification or "", encrypted=r.encrypted,
-                     retired=r.retired, agent=agent, _key=r.flow_key)
+            f = RecordedFlow(_PROTO_NUM.get(r.protocol, 0), r.src_ip, r.src_port or 0, r.dst_ip,
+                             r.dst_port or 0, r.first_seen, r.last_seen,
+                             packets_sent=r.packets_sent, packets_recv=r.packets_recv,
+                             bytes_sent=r.bytes_sent, bytes_recv=r.bytes_recv,
+                             classification=r.classification or "", encrypted=r.encrypted,
+                             retired=r.retired, agent=agent, _key=r.flow_key)
             out.append(f)
         return out
 
