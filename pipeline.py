@@ -23,6 +23,8 @@ from utils.logger import get_logger
 log = get_logger(__name__)
 
 PacketStage = Callable[[ParsedPacket], None]
+#: called once per batch with the batch's parsed packets (outer ones; tunnels are theirs to follow)
+BatchStage = Callable[[list[ParsedPacket]], None]
 FlowStage = Callable[[ParsedPacket, Flow, bool], None]
 #: called once per batch with its frames and, in step, their flows (tunnel frames once per flow)
 FrameSink = Callable[[list[RawFrame], list[Flow]], None]
@@ -76,9 +78,13 @@ class Pipeline:
                  periodic: Iterable[Callable[[float], None]] = (),
                  writer: PcapngWriter | None = None,
                  on_packet_inner: bool = True,
-                 frame_sinks: Iterable[FrameSink] = ()) -> None:
+                 frame_sinks: Iterable[FrameSink] = (),
+                 batch_stages: Iterable[BatchStage] = ()) -> None:
         self.flows = flows
         self.stages = list(stages)
+        #: stages that take the whole batch at once: no call per packet, and their tables stay
+        #: in locals for the batch (counting stages, whose per-packet work is a few additions)
+        self.batch_stages = list(batch_stages)
         self.flow_stages = list(flow_stages)
         self.frame_sinks = list(frame_sinks)
         self.exclude = exclude
@@ -107,6 +113,9 @@ class Pipeline:
         sinks = self.frame_sinks
         kept_frames: list[RawFrame] = []
         kept_flows: list[Flow] = []
+        batch_stages = self.batch_stages
+        parsed: list[ParsedPacket] = []
+        keep_parsed = parsed.append if batch_stages else None
         keep_frame = kept_frames.append if sinks else None
         keep_flow = kept_flows.append
         _parse = parse
@@ -133,6 +142,8 @@ class Pipeline:
                         c.malformed += 1
                         reasons = c.malformed_reasons
                         reasons[pkt.malformed] = reasons.get(pkt.malformed, 0) + 1
+                    if keep_parsed is not None:
+                        keep_parsed(pkt)
                     for stage in stages:
                         stage(pkt)
                     hit = fprocess(pkt)
@@ -154,6 +165,8 @@ class Pipeline:
                                 keep_frame(fr)
                                 keep_flow(flow)
                         p = p.inner
+                for bstage in batch_stages:
+                    bstage(parsed)
             finally:
                 c.packets += packets
                 c.bytes += nbytes

@@ -52,6 +52,7 @@ class Runtime:
         self.pipeline = Pipeline(self.flows, stages=self.components.stages,
                                  flow_stages=self.components.flow_stages,
                                  frame_sinks=self.components.frame_sinks,
+                                 batch_stages=self.components.batch_stages,
                                  periodic=self.components.periodic)
         self._worker: threading.Thread | None = None
         self._finished = False
@@ -351,6 +352,7 @@ class Components:
     stages: list[Callable[..., None]] = field(default_factory=list)
     flow_stages: list[Callable[..., None]] = field(default_factory=list)
     frame_sinks: list[Callable[..., None]] = field(default_factory=list)
+    batch_stages: list[Callable[..., None]] = field(default_factory=list)
     periodic: list[Callable[[float], None]] = field(default_factory=list)
     flow_enrichers: list[Callable[[Any], dict[str, Any]]] = field(default_factory=list)
     on_finish: list[Callable[[], None]] = field(default_factory=list)
@@ -425,12 +427,13 @@ def build_components(settings: Settings, flows: FlowTracker,
     c.classifier = TrafficClassifier(lock=lock)
     c.inspector = FlowInspector()
     c.dns = _dns_tracker(settings)
-    c.stages = [c.packet_stats.process, c.hops.process]
+    c.batch_stages = [c.packet_stats.process_batch]
+    c.stages = [c.hops.process]
     if c.dns is not None:
         c.stages.append(c.dns.process)
     c.security = SecurityMonitor.from_settings(settings)
     c.security.attach(flows)  # its IP detections run as a flow stage; its graph reads flows
-    c.stages.append(c.security.process)
+    c.batch_stages.append(c.security.process_batch)
     c.on_close.append(c.security.close)
 
     c.flow_stages = [c.ports.flow_stage, c.classifier.flow_stage, c.security.flow_stage]

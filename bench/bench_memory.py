@@ -59,6 +59,7 @@ def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int, i
     rt = Runtime(settings, args, threading.Event())
     if not full:
         rt.pipeline.stages = []
+        rt.pipeline.batch_stages = []
         rt.pipeline.flow_stages = []
         rt.pipeline.frame_sinks = []
     frames = CaptureFile(path)

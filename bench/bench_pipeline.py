@@ -13,7 +13,8 @@ less than wall time; compare figures of one run, never across runs or machines):
 
 * ``pipeline``: the real Pipeline.process_frames with the run's GC settings, best of R;
 * ``parse``: capture.parser.parse alone;
-* per packet stage: the stage alone, fed the already parsed packets;
+* per packet stage: the stage alone, fed the already parsed packets (a batch stage: fed them
+  in batches of 1024);
 * ``FlowTracker.process``: the flow table with the TCP analysis, and without it (the
   difference is the TCP analysis);
 * per flow stage: the flow table plus that stage, minus the flow table alone.
@@ -110,6 +111,20 @@ def stage_time(path: Path, pkts: list[Any], index: int) -> tuple[str, float]:
         rt.close()
 
 
+def batch_stage_time(path: Path, pkts: list[Any], index: int) -> tuple[str, float]:
+    rt = _runtime(path)
+    stage = rt.pipeline.batch_stages[index]
+    batches = [pkts[i:i + 1024] for i in range(0, len(pkts), 1024)]
+
+    def body() -> None:
+        for b in batches:
+            stage(b)
+    try:
+        return _name(stage), _timed(body)
+    finally:
+        rt.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("capture", nargs="?", type=Path, default=ROOT / "bench/data/bench-100k.pcap")
@@ -138,9 +153,13 @@ def main() -> None:
     parts: dict[str, float] = {"parse": _timed(parse_all)}
     probe = _runtime(a.capture)
     n_stages, n_flow_stages = len(probe.pipeline.stages), len(probe.pipeline.flow_stages)
+    n_batch = len(probe.pipeline.batch_stages)
     probe.close()
     for i in range(n_stages):
         name, sec = stage_time(a.capture, pkts, i)
+        parts[name] = sec
+    for i in range(n_batch):
+        name, sec = batch_stage_time(a.capture, pkts, i)
         parts[name] = sec
     _, flows_only = flows_time(a.capture, pkts, tcp=False)
     _, flows_tcp = flows_time(a.capture, pkts)

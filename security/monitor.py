@@ -202,6 +202,25 @@ class SecurityMonitor:
                 own.maybe_expire(pkt.ts)
             pkt = pkt.inner
 
+    def process_batch(self, pkts: list[ParsedPacket]) -> None:
+        """:meth:`process` for a whole batch (the pipeline's batch stage, once attached): only
+        ARP frames need a look, so the rest cost a type check, not a call each."""
+        if self._own is not None:
+            for pkt in pkts:
+                self.process(pkt)
+            return
+        n = 0
+        arp = self._arp
+        for pkt in pkts:
+            p: ParsedPacket | None = pkt
+            while p is not None:
+                n += 1
+                if p.arp is not None:
+                    for fn in arp:
+                        fn(p)
+                p = p.inner
+        self.packets += n
+
     def _make_flow_stage(self) -> Callable[[ParsedPacket, Flow, bool], None]:
         """Build :attr:`flow_stage` as a closure: the detectors' entry points are bound once
         and read as locals (this runs for every IP packet)."""

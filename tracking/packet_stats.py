@@ -138,35 +138,55 @@ class PacketAnalyzer:
 
     # ---- hot path ----------------------------------------------------------------------------
     def process(self, pkt: ParsedPacket) -> None:
-        wl = pkt.wire_len
-        ts = pkt.ts
-        if ts > self.last_ts:
-            self.last_ts = ts
-        if int(ts) != self._sec:
-            self._roll(ts)
-        self._sec_p += 1
-        self._sec_b += wl
-        self._sizes[(wl // 20).bit_length() if wl < 5120 else 9] += 1
-        proto = pkt.proto
-        if proto and pkt.ip_version and pkt.src_ip:
-            self._ipproto[pkt.ip_version << 8 | proto] += 1
-            if proto == PROTO_TCP:
-                self._flags[pkt.tcp_flags & 0x1FF] += 1
-            elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
-                self._icmp_count(pkt)
-            if pkt.inner is not None:
-                self._inner(pkt.inner)
-        elif pkt.arp is not None:
-            self._label("ARP")
-            op = pkt.arp.op
-            self._arp[op] = self._arp.get(op, 0) + 1
-        else:
-            self._label(protocol_label(pkt))
-        if pkt.malformed:
-            self.malformed += 1
-            r = self.malformed_reasons
-            if len(r) < 256 or pkt.malformed in r:
-                r[pkt.malformed] = r.get(pkt.malformed, 0) + 1
+        self.process_batch((pkt,))
+
+    def process_batch(self, pkts: list[ParsedPacket] | tuple[ParsedPacket, ...]) -> None:
+        """Count a batch of frames (the pipeline's batch stage: one call per batch, the
+        tables in locals for the whole loop)."""
+        sizes = self._sizes
+        ipproto = self._ipproto
+        flags = self._flags
+        last_ts = self.last_ts
+        sec = self._sec
+        sec_p = self._sec_p
+        sec_b = self._sec_b
+        try:
+            for pkt in pkts:
+                wl = pkt.wire_len
+                ts = pkt.ts
+                if ts > last_ts:
+                    last_ts = ts
+                if int(ts) != sec:
+                    self._sec_p, self._sec_b = sec_p, sec_b
+                    self._roll(ts)
+                    sec, sec_p, sec_b = self._sec, self._sec_p, self._sec_b
+                sec_p += 1
+                sec_b += wl
+                sizes[(wl // 20).bit_length() if wl < 5120 else 9] += 1
+                proto = pkt.proto
+                if proto and pkt.ip_version and pkt.src_ip:
+                    ipproto[pkt.ip_version << 8 | proto] += 1
+                    if proto == PROTO_TCP:
+                        flags[pkt.tcp_flags & 0x1FF] += 1
+                    elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+                        self._icmp_count(pkt)
+                    if pkt.inner is not None:
+                        self._inner(pkt.inner)
+                elif pkt.arp is not None:
+                    self._label("ARP")
+                    op = pkt.arp.op
+                    self._arp[op] = self._arp.get(op, 0) + 1
+                else:
+                    self._label(protocol_label(pkt))
+                if pkt.malformed:
+                    self.malformed += 1
+                    r = self.malformed_reasons
+                    if len(r) < 256 or pkt.malformed in r:
+                        r[pkt.malformed] = r.get(pkt.malformed, 0) + 1
+        finally:
+            self.last_ts = last_ts
+            self._sec_p = sec_p
+            self._sec_b = sec_b
 
     def _label(self, name: str) -> None:
         self._other[name] = self._other.get(name, 0) + 1
