@@ -1,11 +1,12 @@
 """Bidirectional flows keyed by the 5-tuple.
 
-Each flow is stored under both directional keys, so one dict lookup per packet finds the flow
-and tells the direction without normalising the tuple. The flow's ``src`` is the initiator:
+Each flow is stored once, under its canonical 5-tuple (the lower address/port end first): one
+dict lookup per packet finds it, and the packet's direction follows from comparing its source
+with the flow's. The flow's ``src`` is the initiator:
 the sender of the SYN for TCP, otherwise the sender of the first packet seen (tshark's A side).
 
 Flows leave the table by idle expiry, LRU-style eviction over ``max_flows``, or (TCP) a close
-followed by a short linger; they are never lost: retired flows are handed to listeners (the
+followed by a short linger from the last packet; they are never lost: retired flows are handed to listeners (the
 database writer) and kept, bounded, for exports.
 """
 from __future__ import annotations
