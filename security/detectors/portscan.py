@@ -11,10 +11,16 @@ source's first probe is one entry keyed by the source address alone (``_solo``: 
 and when the probe is the first packet of a flow the entry is that flow itself, which holds
 everything the probe said). Only a second, different probe from the same source turns it into
 the per-(source, host) and per-(source, port) records that count targets.
+
+Those records are where memory goes when many flows share few hosts (each client reaching a
+handful of services of its servers), so they are kept small too: a first probe recorded in
+``_seen_v``/``_seen_h`` is the flow it opened when there is one (as in ``_solo``), and the targets
+of an entry are a string of one character per port, or a tuple of hosts, until there are
+``_SMALL`` of them (a set of ints costs ~60 B a port, a character 2-4 B).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
 from capture.packet import ACK, FIN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PSH, RST, \
@@ -36,10 +42,18 @@ _TRACEROUTE_PORTS = range(33434, 33535)
 _REFRESH = 1.0
 #: most distinct targets remembered per scanner entry (counting stops growing past it)
 _MAX_TARGETS = 65536
+#: targets an entry keeps in a string or tuple before it moves them to a set (a search of this
+#: many is still short, and a set of them is ~5-10x bigger)
+_SMALL = 32
+#: a vertical target is the port, plus this bit for UDP (kept apart from TCP; the sum fits in
+#: one character, so a few targets are a short string)
+_UDP_BIT = 0x10000
 
 
 #: a source's only probe so far: the flow it opened, or (ts, dst, proto, dport, kind)
 _Solo = Flow | tuple[float, str, int, int, int]
+#: the first probe of a pair in _seen_v/_seen_h: the flow it opened, or (ts, target, kind)
+_Seen = Flow | tuple[float, object, int]
 #: the probe kind a flow's first packet implies, by IP protocol (K_SYN: a plain SYN)
 _FLOW_KIND = {PROTO_TCP: K_SYN, PROTO_UDP: K_UDP, PROTO_ICMP: K_ICMP, PROTO_ICMPV6: K_ICMP}
 
@@ -48,18 +62,25 @@ def kind_names(kinds: int) -> str:
     return "+".join(name for bit, name in _KIND_NAMES if kinds & bit) or "unknown"
 
 
+#: targets of an entry: ports as a string of chr(target) or hosts as a tuple while there are
+#: few, then a set (of ints for ports)
+_Targets = str | tuple[str, ...] | set[Any]
+
+
 class _Probes:
     """Targets (ports or hosts) one source probed, and which of them answered."""
 
     __slots__ = ("first", "last", "probed", "answered", "kinds", "unreach", "next_report",
                  "reported")
 
-    def __init__(self, ts: float, first_report: int) -> None:
+    def __init__(self, ts: float, first_report: int, empty: str | tuple[()]) -> None:
         self.first = ts
         self.last = ts
-        self.probed: set[object] = set()
-        #: created on the first answer: most entries (clients) never need one
-        self.answered: set[object] | None = None
+        #: ``empty`` is "" for ports (int targets), () for hosts
+        self.probed: _Targets = empty
+        #: created on the first answer: most entries (clients) never need one; the same form
+        #: as ``probed`` (both move to sets together)
+        self.answered: _Targets | None = None
         self.kinds = 0
         self.unreach = 0
         self.next_report = first_report
@@ -69,11 +90,56 @@ class _Probes:
     def unanswered(self) -> int:
         return len(self.probed) - (len(self.answered) if self.answered else 0)
 
-    def answer(self, target: object) -> None:
-        if target in self.probed:
-            if self.answered is None:
-                self.answered = set()
-            self.answered.add(target)
+    def add(self, target: Any) -> bool:
+        """Record a probed target; False when it was already there (or the entry is full)."""
+        probed = self.probed
+        form = type(probed)
+        if form is str:
+            ch = chr(target)
+            if ch in probed:
+                return False
+            if len(probed) < _SMALL:
+                self.probed = probed + ch
+                return True
+        elif form is tuple:
+            if target in probed:
+                return False
+            if len(probed) < _SMALL:
+                self.probed = probed + (target,)
+                return True
+        elif target in probed or len(probed) >= _MAX_TARGETS:
+            return False
+        self._as_sets().add(target)
+        return True
+
+    def answer(self, target: Any) -> None:
+        probed, answered = self.probed, self.answered
+        if type(probed) is str:
+            ch = chr(target)
+            if ch in probed and (answered is None or ch not in answered):
+                self.answered = ch if answered is None else answered + ch
+        elif target in probed:
+            if type(probed) is tuple:
+                if answered is None or target not in answered:
+                    self.answered = (target,) if answered is None else answered + (target,)
+            elif answered is None:
+                self.answered = {target}
+            else:
+                answered.add(target)  # type: ignore[union-attr]
+
+    def _as_sets(self) -> set[Any]:
+        """Move the targets (and answers) to sets; returns the probed set."""
+        probed, answered = self.probed, self.answered
+        if type(probed) is set:
+            return probed
+        if type(probed) is str:
+            new = set(map(ord, probed))
+            self.answered = None if answered is None else set(map(ord, answered))
+        else:
+            new = set(probed)
+            self.answered = None if answered is None else set(answered)
+        self.probed = new
+        return new
 
 
 class PortScanDetector:
@@ -103,8 +169,8 @@ class PortScanDetector:
         #: (src, proto, dport) -> hosts probed on that port
         self._horizontal: dict[tuple[str, int, int], _Probes] = {}
         #: first probe of pairs that have not reached a second target yet
-        self._seen_v: dict[tuple[str, str], tuple[float, object, int]] = {}
-        self._seen_h: dict[tuple[str, int, int], tuple[float, object, int]] = {}
+        self._seen_v: dict[tuple[str, str], _Seen] = {}
+        self._seen_h: dict[tuple[str, int, int], _Seen] = {}
         #: source -> its only probe, standing for its entries of _seen_v and _seen_h (none of
         #: whose keys exist while it is here); sources known to probe more skip it
         self._solo: dict[str, _Solo] = {}
@@ -177,7 +243,7 @@ class PortScanDetector:
         if t == (128 if v6 else 8):
             if not _is_group(pkt.dst_ip) and (self.threshold == 1 or not self._solo_probe(
                     pkt.src_ip, pkt.dst_ip, pkt.ts, PROTO_ICMP, 8, K_ICMP, first)):
-                self._probe_host(pkt, PROTO_ICMP, 8, K_ICMP)
+                self._probe_host(pkt, PROTO_ICMP, 8, K_ICMP, first)
         elif t == (129 if v6 else 0):
             if self._vertical or self._horizontal:
                 self._answered(pkt.dst_ip, pkt.src_ip, PROTO_ICMP, 8)
@@ -195,17 +261,23 @@ class PortScanDetector:
         src, dst = pkt.src_ip, pkt.dst_ip
         if self.threshold > 1 and self._solo_probe(src, dst, pkt.ts, proto, dport, kind, first):
             return
-        target = dport if proto == PROTO_TCP else -dport  # UDP ports kept apart from TCP
-        entry = self._track(self._vertical, self._seen_v, (src, dst), pkt.ts, target, kind)
+        if first is not None and _FLOW_KIND.get(first.proto) != kind:
+            first = None  # the flow does not say what this probe was
+        target = dport if proto == PROTO_TCP else dport | _UDP_BIT
+        entry = self._track(self._vertical, self._seen_v, (src, dst), pkt.ts, target, kind,
+                            first, _v_seen)
         if entry is not None:
             self._check(entry, "port_scan", src, dst, pkt.ts)
         if proto != PROTO_UDP or dport not in _UDP_FANOUT_PORTS:
-            self._probe_host(pkt, proto, dport, kind)
+            self._probe_host(pkt, proto, dport, kind, first)
 
-    def _probe_host(self, pkt: ParsedPacket, proto: int, dport: int, kind: int) -> None:
+    def _probe_host(self, pkt: ParsedPacket, proto: int, dport: int, kind: int,
+                    first: Flow | None = None) -> None:
         src = pkt.src_ip
+        if first is not None and _FLOW_KIND.get(first.proto) != kind:
+            first = None
         entry = self._track(self._horizontal, self._seen_h, (src, proto, dport), pkt.ts,
-                            pkt.dst_ip, kind)
+                            pkt.dst_ip, kind, first, _h_seen)
         if entry is not None:
             self._check(entry, "port_sweep", src, f"port {dport}" if proto != PROTO_ICMP
                         else "ICMP echo", pkt.ts)
@@ -230,7 +302,7 @@ class PortScanDetector:
                 if rdst == dst and rport == dport and rproto == proto:
                     return True  # the same target again
                 del solo[src]
-                self._spill(src, rts, rdst, rproto, rport, rkind)
+                self._spill(src, rec, rts, rdst, rproto, rport, rkind)
                 multi = self._multi
                 multi[src] = None
                 if len(multi) > 4 * self.max_entries:
@@ -256,69 +328,90 @@ class PortScanDetector:
             evict_oldest(solo, 4 * self.max_entries)
         return True
 
-    def _spill(self, src: str, ts: float, dst: str, proto: int, dport: int, kind: int) -> None:
-        """Write a source's only probe into _seen_v and _seen_h, as _track would have."""
+    def _spill(self, src: str, rec: _Solo, ts: float, dst: str, proto: int, dport: int,
+               kind: int) -> None:
+        """Write a source's only probe (``rec``, unpacked in the rest) into _seen_v and
+        _seen_h, as _track would have: the flow itself when the probe opened one."""
+        flow = rec if type(rec) is not tuple else None
         if proto != PROTO_ICMP:
             seen_v = self._seen_v
-            seen_v[(src, dst)] = (ts, dport if proto == PROTO_TCP else -dport, kind)
+            seen_v[(src, dst)] = flow or (ts, dport if proto == PROTO_TCP else dport | _UDP_BIT,
+                                          kind)
             if len(seen_v) > 4 * self.max_entries:
                 evict_oldest(seen_v, 4 * self.max_entries)
         if proto != PROTO_UDP or dport not in _UDP_FANOUT_PORTS:
             seen_h = self._seen_h
-            seen_h[(src, proto, dport)] = (ts, dst, kind)
+            seen_h[(src, proto, dport)] = flow or (ts, dst, kind)
             if len(seen_h) > 4 * self.max_entries:
                 evict_oldest(seen_h, 4 * self.max_entries)
 
     def on_retire(self, flow: Flow) -> None:
-        """A flow left the flow table: if it stands for its source's only probe, keep the
-        probe as a tuple, so the detector never holds retired flows (flow table listener)."""
+        """A flow left the flow table: if it stands for its source's only probe, or for the
+        first probe of a pair, keep the probe as a tuple, so the detector never holds retired
+        flows (flow table listener)."""
         solo = self._solo
         src = flow.src_ip
         if solo.get(src) is flow:
             solo[src] = _from_flow(flow)
+            return  # (a source's only probe has no pair records)
+        seen_v, seen_h = self._seen_v, self._seen_h
+        if seen_v:
+            key: Any = (src, flow.dst_ip)
+            if seen_v.get(key) is flow:
+                seen_v[key] = _v_seen(flow)  # (same key: its place in the eviction order stays)
+        if seen_h:
+            proto = flow.proto
+            key = (src, proto, flow.dst_port) if proto == PROTO_TCP or proto == PROTO_UDP \
+                else (src, PROTO_ICMP, 8)
+            if seen_h.get(key) is flow:
+                seen_h[key] = _h_seen(flow)
 
-    def _track(self, table: dict[Any, _Probes], seen: dict[Any, tuple[float, object, int]],
-               key: Any, ts: float, target: object, kind: int) -> _Probes | None:
+    def _track(self, table: dict[Any, _Probes], seen: dict[Any, _Seen], key: Any, ts: float,
+               target: Any, kind: int, flow: Flow | None,
+               from_flow: Callable[[Flow], tuple[float, Any, int]]) -> _Probes | None:
         """Record one probe; returns the entry when it has reached its next report size.
 
         A (source, target-set) pair starts as a light ``(ts, target, kind)`` tuple in ``seen``
-        and becomes a full entry only at its second distinct target: almost every client
-        reaches a single port of a host, and this keeps those out of the bounded tables. (An
-        answer to that first target is not remembered, so a count may be one too high.)
+        (or as ``flow``, the flow the probe opened, which ``from_flow`` reads back as that
+        tuple) and becomes a full entry only at its second distinct target: almost every
+        client reaches a single port of a host, and this keeps those out of the bounded
+        tables. (An answer to that first target is not remembered, so a count may be one too
+        high.)
         """
         entry = table.get(key)
         if entry is not None:
             if ts - entry.last <= self.idle_timeout:
                 entry.last = ts
                 entry.kinds |= kind
-                probed = entry.probed
-                if target in probed or len(probed) >= _MAX_TARGETS:
+                if not entry.add(target):
                     return None
-                probed.add(target)
-                if len(probed) >= entry.next_report or (
+                if len(entry.probed) >= entry.next_report or (
                         entry.reported and ts - entry.reported >= _REFRESH):
                     return entry
                 return None
             del table[key]  # idle for too long: start over
         first = seen.get(key)
-        if first is not None and ts - first[0] > self.idle_timeout:
-            first = None
+        if first is not None:
+            if type(first) is not tuple:
+                first = from_flow(first)
+            if ts - first[0] > self.idle_timeout:
+                first = None
         if first is None and self.threshold > 1:
-            seen[key] = (ts, target, kind)
+            seen[key] = flow or (ts, target, kind)
             if len(seen) > 4 * self.max_entries:
                 evict_oldest(seen, 4 * self.max_entries)
             return None
-        entry = _Probes(ts, self.threshold)
+        entry = _Probes(ts, self.threshold, "" if type(target) is int else ())
         if first is not None:
             if first[1] == target:
                 return None
             del seen[key]
             entry.first = first[0]
             entry.kinds = first[2]
-            entry.probed.add(first[1])
+            entry.add(first[1])
         entry.last = ts
         entry.kinds |= kind
-        entry.probed.add(target)
+        entry.add(target)
         table[key] = entry
         if len(table) > self.max_entries:
             evict_oldest(table, self.max_entries)
@@ -327,7 +420,7 @@ class PortScanDetector:
     def _answered(self, scanner: str, target: str, proto: int, port: int) -> None:
         entry = self._vertical.get((scanner, target))
         if entry is not None:
-            entry.answer(port if proto == PROTO_TCP else -port)
+            entry.answer(port if proto == PROTO_TCP else port | _UDP_BIT)
         hentry = self._horizontal.get((scanner, proto, port))
         if hentry is not None:
             hentry.answer(target)
@@ -363,6 +456,19 @@ class PortScanDetector:
         return {"probes": self.probes_seen, "vertical_entries": len(self._vertical),
                 "horizontal_entries": len(self._horizontal),
                 "single_target_pairs": len(self._seen_v) + len(self._seen_h) + len(self._solo)}
+
+
+def _v_seen(flow: Flow) -> tuple[float, int, int]:
+    """The (ts, port target, kind) of _seen_v a TCP or UDP flow's first packet was."""
+    proto = flow.proto
+    if proto == PROTO_TCP:
+        return flow.first_seen, flow.dst_port, K_SYN
+    return flow.first_seen, flow.dst_port | _UDP_BIT, K_UDP
+
+
+def _h_seen(flow: Flow) -> tuple[float, str, int]:
+    """The (ts, host, kind) of _seen_h a flow's first packet was."""
+    return flow.first_seen, flow.dst_ip, _FLOW_KIND[flow.proto]
 
 
 def _from_flow(flow: Flow) -> tuple[float, str, int, int, int]:
