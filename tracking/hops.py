@@ -156,7 +156,7 @@ class HopAnalyzer:
             if self._traceroute(pkt):
                 return  # a traceroute probe's TTL says nothing about its sender's distance
         ts = pkt.ts
-        if not self._lo <= ts < self._hi:
+        if ts >= self._hi or ts < self._lo:  # two float tests, cheaper than a chained one
             self._set_tick(ts)
         hosts = self._hosts
         src = pkt.src_ip
