@@ -125,6 +125,12 @@ _SFRA = SYN | FIN | RST | ACK
 _TIME_EPS = 5e-7
 _FAST_RTX_WINDOW = 0.020 - _TIME_EPS   # fast retransmission: within 20 ms of the last dup ACK
 _OOO_DEFAULT = 0.003 - _TIME_EPS       # out-of-order limit without a handshake RTT: 3 ms
+#: _Quirks.lastflags keeps only these events of a direction's last segment (later checks read
+#: no others)
+_LAST_FLAGS = EV_KEEP_ALIVE | EV_ZERO_WINDOW_PROBE
+#: _Half.fin: no FIN sent yet / our FIN acknowledged (else: the sequence number after our FIN)
+_NO_FIN = -1
+_FIN_ACKED = -2
 #: parser messages for frames whose TCP header could not be read (then: no analysis)
 _BAD_TCP_HEADER = ("truncated TCP header", "bad TCP header length", "truncated TCP options")
 
@@ -169,28 +175,52 @@ class _Counter:
         return getattr(n, self.name) if n is not None else 0
 
 
-class _Half:
-    """What one direction has sent (Wireshark's tcp_flow_t + tcp_analyze_seq_flow_info_t)."""
+def _ooo_limit(rtt: float | None) -> float:
+    """Out-of-order limit: the handshake RTT once known (and non-zero), else 3 ms (ooo_thres)."""
+    return rtt - _TIME_EPS if rtt else _OOO_DEFAULT
 
-    __slots__ = ("base_set", "base_seq", "nextseq", "nextseqtime", "maxseqtobeacked", "lastack",
-                 "lastacktime", "window", "win_scale", "dupacks", "lastflags", "fin_end",
-                 "fin_acked")
+
+class _Quirks:
+    """A direction's memory of rare events: made at its first duplicate ACK, keep-alive or
+    zero-window probe, dropped again once all three fields are back to these defaults."""
+
+    __slots__ = ("dupacks", "lastacktime", "lastflags")
 
     def __init__(self) -> None:
-        self.base_set = False
-        self.base_seq = 0
+        #: duplicate ACKs in a row from this direction (reset when its ACK number changes)
+        self.dupacks = 0
+        #: time of this direction's last segment while ``dupacks`` > 0, else 0.0 (only the
+        #: fast-retransmission check reads it, after two duplicate ACKs)
+        self.lastacktime = 0.0
+        #: the keep-alive / zero-window-probe events of this direction's last segment (the
+        #: only ones a later check reads)
+        self.lastflags = 0
+
+
+class _Half:
+    """What one direction has sent (Wireshark's tcp_flow_t + tcp_analyze_seq_flow_info_t).
+
+    Fields are kept few, and the int and float objects they hold are shared where the values
+    agree (see the memory note on :class:`TcpConnection`).
+    """
+
+    __slots__ = ("base", "nextseq", "nextseqtime", "maxseqtobeacked", "lastack", "window",
+                 "win_scale", "quirks", "fin")
+
+    def __init__(self) -> None:
+        #: base sequence number (the SYN's, else seq-1 of the first segment, else ack-1 of the
+        #: other side's first ACK); None = not known yet
+        self.base: int | None = None
         self.nextseq = 0          # highest seq+len(+SYN/FIN) seen; 0 = none yet (as Wireshark)
         self.nextseqtime = 0.0
         self.maxseqtobeacked = 0  # end of the contiguous data seen; 0 = none yet
         self.lastack = 0          # ack field of the last segment (also without the ACK flag)
-        self.lastacktime = 0.0
         self.window = _M          # unscaled window of the last segment; G_MAXUINT32 = unknown
         self.win_scale = -1       # -1 unknown, -2 known unused, else the shift
-        #: duplicate ACKs in a row from this direction (reset when its ACK number changes)
-        self.dupacks = 0
-        self.lastflags = 0        # events of this direction's last segment
-        self.fin_end = -1         # sequence number just after our FIN, -1 = no FIN sent
-        self.fin_acked = False
+        #: duplicate ACKs, keep-alives, zero-window probes: None while there are none
+        self.quirks: _Quirks | None = None
+        #: our FIN: _NO_FIN, the sequence number just after it while unacknowledged, _FIN_ACKED
+        self.fin = _NO_FIN
 
 
 class TcpConnection:
@@ -199,10 +229,23 @@ class TcpConnection:
     ``update(pkt, forward)`` must see every TCP packet of the connection in capture order;
     ``forward`` is True for packets sent by the flow's initiator (the SYN sender, else the sender
     of the first packet).
+
+    Memory (a flow table holds one per live TCP flow): three slotted objects (this one and a
+    :class:`_Half` per direction) plus the int and float objects their fields hold, which is
+    as much again. Kept small by holding few fields (no set-flags beside values that can be
+    None, one FIN field per direction, the rare dup-ACK/keep-alive memory in a per-direction
+    :class:`_Quirks` made only when needed, the out-of-order limit derived from the RTT) and by
+    sharing int and float objects where values agree (an ACK number equal to the other side's
+    end of data holds that int, not the packet's; a FIN end equal to ``nextseq`` holds the same
+    int; the SYN time is dropped once the RTT is known). After a handshake, data both ways and
+    a FIN: about 595 bytes per connection with its ints and floats (tracemalloc), 777 before.
+    Making this object the initiator's half (a subclass of :class:`_Half`) would save 40 bytes
+    more, but then ``fwd``/``rev`` are of two types and CPython 3.11's attribute-access
+    specialisation misses on every other packet: the fast path measured about 4% slower.
     """
 
-    __slots__ = ("_a", "_b", "_syn_ts", "_steady", "_ooo_limit", "state", "handshake_rtt",
-                 "closed", "packets", "_n")
+    __slots__ = ("_a", "_b", "_syn_ts", "_steady", "state", "handshake_rtt", "closed", "packets",
+                 "_n")
 
     #: frames matching tshark's tcp.analysis.retransmission (includes fast and spurious)
     retransmissions = _Counter()
@@ -222,10 +265,9 @@ class TcpConnection:
         self._a = _Half()          # initiator -> responder
         self._b = _Half()          # responder -> initiator
         self._syn_ts = 0.0         # time of the most recent SYN (Wireshark's ts_mru_syn)
-        #: ESTABLISHED/MIDSTREAM with no FIN yet: a packet without SYN/FIN/RST changes no state
+        #: the in-order fast path may run: ESTABLISHED/MIDSTREAM with no FIN yet (a packet
+        #: without SYN/FIN/RST changes no state), both bases known, the handshake RTT settled
         self._steady = False
-        #: out-of-order limit: the handshake RTT once known, else 3 ms (Wireshark's ooo_thres)
-        self._ooo_limit = _OOO_DEFAULT
         self.state: str = NEW
         #: seconds from the (last) SYN to the first ACK without SYN (tcp.analysis.initial_rtt)
         self.handshake_rtt: float | None = None
@@ -248,8 +290,8 @@ class TcpConnection:
         """
         if pkt.tcp_flags & (SYN | ACK) != SYN:
             return False
-        half = self._a if forward else self._b
-        return half.base_set and pkt.seq != half.base_seq
+        base = (self._a if forward else self._b).base
+        return base is not None and pkt.seq != base
 
     # ------------------------------------------------------------------ per packet
     def update(self, pkt: ParsedPacket, forward: bool) -> int:
@@ -269,19 +311,19 @@ class TcpConnection:
             fwd = self._b
             rev = self._a
 
-        # Fast path: the next in-order segment (or an ACK that moves the ACK number) of an
-        # established connection, with ACK and no SYN/FIN/RST, both windows open, both bases
-        # known and the handshake RTT settled. Under those conditions every check of the
-        # general path below is false (zero-window probe and zero window need a 0 window; lost
-        # segment and keep-alive need seq != nextseq; dup ACK, window update and their kin need
-        # an empty segment with an unchanged ACK; ACKed-unseen, spurious and window-full are
-        # tested here), no state changes, and the updates are exactly those the general path
-        # makes for a segment without events. Anything else falls through to it.
+        # Fast path: the next in-order segment (or an ACK that moves the ACK number) of a
+        # steady connection (see _steady), with ACK and no SYN/FIN/RST and both windows open.
+        # Under those conditions every check of the general path below is false (zero-window
+        # probe and zero window need a 0 window; lost segment and keep-alive need
+        # seq != nextseq; dup ACK, window update and their kin need an empty segment with an
+        # unchanged ACK; ACKed-unseen, spurious and window-full are tested here), no state
+        # changes, and the updates are exactly those the general path makes for a segment
+        # without events (the other side's quirks only matter to a repeated ACK or a segment
+        # that does not advance). Anything else falls through to it.
         if self._steady and flags & _SFRA == ACK and seq == fwd.nextseq and window \
-                and rev.window and fwd.base_set and rev.base_set \
-                and (self.handshake_rtt or not self._syn_ts):
-            mx = rev.maxseqtobeacked
-            if not mx or ((mx - ack) & _M) < _HALF:
+                and rev.window:
+            rmx = rev.maxseqtobeacked
+            if not rmx or ((rmx - ack) & _M) < _HALF:
                 if seglen:
                     end = (seq + seglen) & _M
                     lastack = rev.lastack
@@ -290,38 +332,38 @@ class TcpConnection:
                             ws == -1 or end != (lastack + ((rev.window << (ws if ws > 0 else 0))
                                                            & _M)) & _M):
                         self.packets += 1
-                        if ack != fwd.lastack:
-                            fwd.dupacks = 0
+                        fq = fwd.quirks
+                        if fq is not None:  # as at the end of the general path
+                            if fq.dupacks and ack == fwd.lastack:
+                                fq.lastacktime = now
+                                fq.lastflags = 0
+                            else:
+                                fwd.quirks = None
                         fwd.nextseq = end
                         fwd.nextseqtime = now
                         mx = fwd.maxseqtobeacked
                         if seq == mx or not mx:
                             fwd.maxseqtobeacked = end
                         fwd.window = window
-                        fwd.lastack = ack
-                        fwd.lastacktime = now
-                        fwd.lastflags = 0
+                        # hold the other side's int, not the packet's, when they are equal
+                        fwd.lastack = rmx if ack == rmx else ack
                         return 0
                 elif ack != fwd.lastack:
                     self.packets += 1
-                    fwd.dupacks = 0
+                    fwd.quirks = None  # a new ACK number ends a dup-ACK run
                     mx = fwd.maxseqtobeacked
                     if seq == mx or not mx:
                         fwd.maxseqtobeacked = fwd.nextseq
                     fwd.window = window
-                    fwd.lastack = ack
-                    fwd.lastacktime = now
-                    fwd.lastflags = 0
+                    fwd.lastack = rmx if ack == rmx else ack
                     return 0
 
         self.packets += 1
 
-        if not fwd.base_set:
-            fwd.base_seq = seq if flags & SYN else (seq - 1) & _M
-            fwd.base_set = True
-        if not rev.base_set and flags & ACK:
-            rev.base_seq = (ack - 1) & _M
-            rev.base_set = True
+        if fwd.base is None:
+            fwd.base = seq if flags & SYN else (seq - 1) & _M
+        if rev.base is None and flags & ACK:
+            rev.base = (ack - 1) & _M
 
         nextseq = fwd.nextseq
         sfr = flags & _SFR
@@ -342,20 +384,19 @@ class TcpConnection:
                         if window:
                             ev |= EV_WINDOW_UPDATE
                     elif window:
-                        if rev.lastflags & EV_KEEP_ALIVE:
+                        if (rq := rev.quirks) is not None and rq.lastflags & EV_KEEP_ALIVE:
                             ev |= EV_KEEP_ALIVE_ACK
                         else:
-                            fwd.dupacks += 1
+                            if (fq := fwd.quirks) is None:
+                                fq = fwd.quirks = _Quirks()
+                            fq.dupacks += 1
                             ev |= EV_DUP_ACK
-                    elif rev.lastflags & EV_ZERO_WINDOW_PROBE:
+                    elif (rq := rev.quirks) is not None and rq.lastflags & EV_ZERO_WINDOW_PROBE:
                         ev |= EV_ZERO_WINDOW_PROBE_ACK
             elif not sfr and rev.win_scale != -1:
                 shift = rev.win_scale if rev.win_scale > 0 else 0
                 if (seq + seglen) & _M == (rev.lastack + ((rev.window << shift) & _M)) & _M:
                     ev |= EV_WINDOW_FULL
-
-        if ack != fwd.lastack:
-            fwd.dupacks = 0
 
         # ACKed unseen segment: this ACK covers data of the other side we never saw
         mx = rev.maxseqtobeacked
@@ -373,10 +414,10 @@ class TcpConnection:
             if seglen and rev.lastack and (
                     (d := (seq + seglen - rev.lastack) & _M) == 0 or d >= _HALF):
                 ev |= EV_SPURIOUS_RETRANSMISSION
-            elif not_adv and rev.dupacks >= 2 and rev.lastack == seq \
-                    and 0.0 <= now - rev.lastacktime < _FAST_RTX_WINDOW:
+            elif not_adv and (rq := rev.quirks) is not None and rq.dupacks >= 2 \
+                    and rev.lastack == seq and 0.0 <= now - rq.lastacktime < _FAST_RTX_WINDOW:
                 ev |= EV_FAST_RETRANSMISSION
-            elif not_adv and 0.0 <= now - fwd.nextseqtime < self._ooo_limit \
+            elif not_adv and 0.0 <= now - fwd.nextseqtime < _ooo_limit(self.handshake_rtt) \
                     and nextseq != (seq + seglen + (1 if flags & _SF else 0)) & _M:
                 ev |= EV_OUT_OF_ORDER
             elif not_adv:
@@ -391,9 +432,20 @@ class TcpConnection:
         if (seq == mx or not mx) and not ev & EV_ZERO_WINDOW_PROBE:
             fwd.maxseqtobeacked = fwd.nextseq
         fwd.window = window
-        fwd.lastack = ack
-        fwd.lastacktime = now
-        fwd.lastflags = ev
+        fq = fwd.quirks
+        if fq is not None:
+            if ack != fwd.lastack:
+                fq.dupacks = 0
+            if fq.dupacks or ev & _LAST_FLAGS:
+                fq.lastacktime = now if fq.dupacks else 0.0
+                fq.lastflags = ev & _LAST_FLAGS
+            else:
+                fwd.quirks = None
+        elif ev & _LAST_FLAGS:
+            fq = fwd.quirks = _Quirks()
+            fq.lastflags = ev & _LAST_FLAGS
+        mx = rev.maxseqtobeacked
+        fwd.lastack = mx if ack == mx else ack
 
         if flags & SYN:
             opts = pkt.tcp_options
@@ -405,15 +457,16 @@ class TcpConnection:
                 rev.win_scale = -2
             elif flags & ACK and rev.win_scale == -2:
                 fwd.win_scale = -2
-            if not flags & ACK:
+            # (the SYN time only matters until the RTT is known)
+            if not flags & ACK and not self.handshake_rtt:
                 self._syn_ts = now
         elif flags & ACK and self._syn_ts and not self.handshake_rtt:
             rtt = self.handshake_rtt = now - self._syn_ts
             if rtt:
-                self._ooo_limit = rtt - _TIME_EPS
+                self._syn_ts = 0.0
             ev |= EV_HANDSHAKE
 
-        if ev:
+        if ev & _COUNTED:
             self._count(ev)
         if self._steady and not sfr:
             return ev
@@ -426,8 +479,6 @@ class TcpConnection:
         return n
 
     def _count(self, ev: int) -> None:
-        if not ev & _COUNTED:
-            return  # e.g. only the handshake event
         n = self._counts()
         if ev & EV_ANY_RETRANSMISSION:
             n.retransmissions += 1
@@ -481,28 +532,33 @@ class TcpConnection:
             # SYN-ACK its sender counts as the initiator, so either side may send that ACK
             if not flags & SYN and (seglen or flags & ACK):
                 state = ESTABLISHED
-        if flags & FIN and fwd.fin_end < 0:
-            fwd.fin_end = (seq + seglen + 1) & _M
-        # the other side's FIN is acknowledged once this ACK reaches past it: GE_SEQ(ack, fin_end)
-        if flags & ACK and rev.fin_end >= 0 and not rev.fin_acked \
-                and ((ack - rev.fin_end) & _M) < _HALF:
-            rev.fin_acked = True
-        a = self._a
-        b = self._b
-        if a.fin_end >= 0 or b.fin_end >= 0:
-            if a.fin_acked and b.fin_acked:
+        if flags & FIN and fwd.fin == _NO_FIN:
+            end = (seq + seglen + 1) & _M
+            fwd.fin = fwd.nextseq if end == fwd.nextseq else end  # share the int object
+        # the other side's FIN is acknowledged once this ACK reaches past it: GE_SEQ(ack, fin)
+        if flags & ACK and rev.fin >= 0 and ((ack - rev.fin) & _M) < _HALF:
+            rev.fin = _FIN_ACKED
+        if fwd.fin != _NO_FIN or rev.fin != _NO_FIN:
+            a_fin = self._a.fin
+            b_fin = self._b.fin
+            if a_fin == _FIN_ACKED and b_fin == _FIN_ACKED:
                 state = CLOSED
                 self.closed = True
                 ev |= EV_CLOSED
-            elif a.fin_end >= 0 and b.fin_end >= 0:
+            elif a_fin != _NO_FIN and b_fin != _NO_FIN:
                 state = CLOSING
-            elif a.fin_end >= 0:
+            elif a_fin != _NO_FIN:
                 state = FIN_WAIT
             else:
                 state = CLOSE_WAIT
+            self.state = state
+            self._steady = False
+            return ev
         self.state = state
+        # (always a bool: the fast path's first test)
         self._steady = (state == ESTABLISHED or state == MIDSTREAM) \
-            and a.fin_end < 0 and b.fin_end < 0
+            and fwd.base is not None and rev.base is not None \
+            and not (self._syn_ts and not self.handshake_rtt)
         return ev
 
     # ------------------------------------------------------------------ export
