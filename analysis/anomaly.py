@@ -7,12 +7,13 @@ it initiated. The per-packet checks are table lookups and integer compares.
 """
 from __future__ import annotations
 
-from collections import deque
+from array import array
 from dataclasses import dataclass, field
 from itertools import islice
+from sys import getsizeof
 from typing import Any
 
-from capture.packet import ACK, FIN, PSH, RST, SYN, URG
+from capture.packet import ACK, FIN, PROTO_TCP, PSH, RST, SYN, URG
 
 MAX_SCORE = 100
 
@@ -135,6 +136,15 @@ class BeaconDetector:
     (client, server, port, proto) the last ``window`` connection start times are kept; when at
     least ``min_events`` intervals of at least ``min_interval`` seconds vary by less than
     ``max_jitter`` (coefficient of variation), the series is called beacon-like.
+
+    The starts are kept per host pair, not per service: a client reaches a few services of
+    each server, and a key and a list per service cost ~150 bytes where a start costs 8. A
+    service seen once, while its pair has no log, is one float under its own key (most pairs,
+    alone on their hosts, never see a second connection); a pair's second start of any one
+    service gives the pair a log: its starts in order (an ``array('d')``) and a string naming
+    each one's service with one character (the port; UDP ports on the next plane), which
+    ``str.count``/``rfind`` search in C. The pair's later services go straight to its log.
+    Periods are computed from the same floats in the same order as with one list per service.
     """
 
     def __init__(self, window: int = 8, min_events: int = 6, min_interval: float = 1.0,
@@ -143,36 +153,91 @@ class BeaconDetector:
         self.min_events = min_events
         self.min_interval = min_interval
         self.max_jitter = max_jitter
+        #: most services (series) seen once, and most in the pairs' logs; past either the
+        #: oldest eighth of that table is dropped
         self.max_keys = max_keys
-        #: key -> the first start time alone (most keys never see a second connection, so
-        #: they cost one float, not a deque), then the list of the last ``window + 1`` starts
-        self._starts: dict[tuple[str, str, int, int], float | list[float]] = {}
+        #: (client, server, port, proto) -> the start of a service seen once, its pair logless
+        self._once: dict[tuple[str, str, int, int], float] = {}
+        #: (client, server) -> [tags, starts]: the pair's logged starts (up to ``window + 1``
+        #: per service), oldest first, and one character per start naming its service
+        self._logs: dict[tuple[str, str], list[Any]] = {}
+        #: clients with a log (or that had one): most connections skip the pair lookup
+        self._log_clients: set[str] = set()
+        #: services held in the logs (those in _once are len(_once))
+        self._logged = 0
+
+    def services(self) -> int:
+        """Number of (client, server, port, proto) series held."""
+        return len(self._once) + self._logged
 
     def observe(self, client: str, server: str, port: int, proto: int,
                 ts: float) -> float | None:
-        """Record one new connection; returns the period (s) when the series is beacon-like."""
-        key = (client, server, port, proto)
-        starts = self._starts
-        times = starts.get(key)
-        if times is None:
-            if len(starts) >= self.max_keys:
-                evict_oldest(starts)
-            starts[key] = ts
-            return None
-        if not isinstance(times, list):
-            times = starts[key] = [times, ts]
+        """Record one new connection (``proto``: TCP or UDP); returns the period (s) when the
+        series is beacon-like."""
+        log = self._logs.get((client, server)) if client in self._log_clients else None
+        if log is None:
+            key = (client, server, port, proto)
+            once = self._once
+            first = once.pop(key, None)
+            if first is None:
+                if len(once) >= self.max_keys:
+                    evict_oldest(once)
+                once[key] = ts
+                return None
+            # A second start: the pair gets a log.
+            self._shrink_once()
+            # a service's tag: its port, UDP on the next plane (one character either way)
+            tag = chr(port) if proto == PROTO_TCP else chr(port | 0x10000)
+            tags = tag + tag
+            times = array("d", (first, ts))
+            self._logs[(client, server)] = [tags, times]
+            self._log_clients.add(client)
+            self._logged += 1
+            if self._logged > self.max_keys:
+                self._evict_logs()
+            n = 2
         else:
+            tags, times = log
+            tag = chr(port) if proto == PROTO_TCP else chr(port | 0x10000)
+            if tag in tags:  # (``in`` is cheaper than a count that finds nothing)
+                n = tags.count(tag)
+            else:
+                # a service new to the log; it may have started once before the log existed
+                first = self._once.pop((client, server, port, proto), None) \
+                    if self._once else None
+                if first is None:
+                    n = 0
+                    self._logged += 1
+                    if self._logged > self.max_keys:
+                        self._evict_logs()
+                else:
+                    self._shrink_once()
+                    tags += tag
+                    times.append(first)
+                    n = 1
+            tags += tag
             times.append(ts)
-            if len(times) > self.window + 1:
-                del times[0]
-        n = len(times)
+            n += 1
+            if n > self.window + 1:  # keep the last window + 1 starts of the service
+                i = tags.find(tag)
+                tags = tags[:i] + tags[i + 1:]
+                del times[i]
+                n -= 1
+            log[0] = tags
+            if len(tags) > _MAX_LOG:
+                self._trim(log)
+                tags = log[0]
+                n = tags.count(tag)
         if n <= self.min_events:
             return None
         # Cheap pre-check: a steady series has its last two gaps nearly equal.
-        last, prev = ts - times[n - 2], times[n - 2] - times[n - 3]
+        j = tags.rfind(tag, 0, len(tags) - 1)
+        prev_ts = times[j]
+        last, prev = ts - prev_ts, prev_ts - times[tags.rfind(tag, 0, j)]
         if abs(last - prev) > 2 * self.max_jitter * max(prev, 1e-9):
             return None
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        series = [t for c, t in zip(tags, times) if c == tag]
+        gaps = [b - a for a, b in zip(series, series[1:])]
         mean = sum(gaps) / len(gaps)
         if mean < self.min_interval:
             return None
@@ -180,3 +245,30 @@ class BeaconDetector:
         if var ** 0.5 / mean > self.max_jitter:
             return None
         return mean
+
+    def _shrink_once(self) -> None:
+        """_once empties as pairs get logs, and a dict never shrinks: copy it when its table
+        is over twice what its entries need (~40 bytes each; called after a pop from it)."""
+        once = self._once
+        if getsizeof(once) > 96 * len(once) + 4096:
+            self._once = dict(once)
+
+    def _trim(self, log: list[Any]) -> None:
+        """Drop the oldest eighth of a long log (a pair touching hundreds of services, as a
+        scan does): the searches stay short, and services left without a start are gone."""
+        tags, times = log
+        cut = len(tags) // 8
+        self._logged -= len(set(tags[:cut]).difference(tags[cut:]))
+        log[0] = tags[cut:]
+        del times[:cut]
+
+    def _evict_logs(self) -> None:
+        """Drop the oldest eighth of the pairs' logs."""
+        logs = self._logs
+        for pair in list(islice(logs, len(logs) // 8 or (1 if logs else 0))):
+            self._logged -= len(set(logs.pop(pair)[0]))
+        self._log_clients = {client for client, _ in logs}
+
+
+#: starts a pair's log keeps (the oldest eighth goes past it)
+_MAX_LOG = 2048
