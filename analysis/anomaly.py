@@ -76,6 +76,19 @@ def add_rule(score: int, rules: list[str], reasons: list[str], rule: str,
     return min(MAX_SCORE, score + weight)
 
 
+def steady_period(series: list[float], min_interval: float, max_jitter: float) -> float | None:
+    """The mean gap of a series of start times when it is beacon-like: the gaps average at
+    least ``min_interval`` and their standard deviation is within ``max_jitter`` of the mean."""
+    gaps = [b - a for a, b in zip(series, series[1:])]
+    mean = sum(gaps) / len(gaps)
+    if mean < min_interval:
+        return None
+    var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
+    if var ** 0.5 / mean > max_jitter:
+        return None
+    return mean
+
+
 @dataclass(slots=True)
 class AnomalyScore:
     """Score plus reasons for one flow; each rule counts once."""
@@ -236,15 +249,8 @@ class BeaconDetector:
         last, prev = ts - prev_ts, prev_ts - times[tags.rfind(tag, 0, j)]
         if abs(last - prev) > 2 * self.max_jitter * max(prev, 1e-9):
             return None
-        series = [t for c, t in zip(tags, times) if c == tag]
-        gaps = [b - a for a, b in zip(series, series[1:])]
-        mean = sum(gaps) / len(gaps)
-        if mean < self.min_interval:
-            return None
-        var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
-        if var ** 0.5 / mean > self.max_jitter:
-            return None
-        return mean
+        return steady_period([t for c, t in zip(tags, times) if c == tag], self.min_interval,
+                             self.max_jitter)
 
     def _shrink_once(self) -> None:
         """_once empties as pairs get logs, and a dict never shrinks: copy it when its table

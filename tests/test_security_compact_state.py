@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.anomaly import BeaconDetector
+from analysis.anomaly import BeaconDetector, steady_period
 from capture.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, ParsedPacket, QuotedHeader
 from security.alerts import AlertEngine
 from security.detectors import PortScanDetector
@@ -111,14 +111,8 @@ class _PlainBeacons:
         last, prev = ts - times[n - 2], times[n - 2] - times[n - 3]
         if abs(last - prev) > 2 * self.max_jitter * max(prev, 1e-9):
             return None
-        gaps = [b - a for a, b in zip(times, times[1:])]
-        mean = sum(gaps) / len(gaps)
-        if mean < self.min_interval:
-            return None
-        var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
-        if var ** 0.5 / mean > self.max_jitter:
-            return None
-        return mean
+        # the statistics are shared; what is compared is how the starts are kept
+        return steady_period(times, self.min_interval, self.max_jitter)
 
 
 # --- packets ---------------------------------------------------------------------------------
