@@ -9,9 +9,11 @@ a few attribute reads and integer compares (the anomaly rules). HTTP client dire
 one exception: request heads keep being read, up to ``http_requests`` per flow, so keep-alive
 connections report every request they carry.
 
-Memory: every live flow holds one 80-byte :class:`_FlowState`; the application protocol and OS
-guesses are a shared interned :class:`_Labels` value, and the full :class:`DpiFacts` record is
-made only for flows with TLS, HTTP or anomaly facts.
+Memory: a flow being inspected holds one 80-byte :class:`_FlowState`; the application protocol
+and OS guesses are a shared interned :class:`_Labels` value, and the full :class:`DpiFacts` record
+is made only for flows with TLS, HTTP or anomaly facts. Once a flow is finished (both directions
+done, no record, both first TTLs known: most flows) it points at a :class:`_SharedState` interned
+per (labels, TTLs) instead, and gets its own copy back only if something is ever written.
 
 Privacy: payload bytes live only in these buffers, in memory, and only until the direction is
 classified or its ``stream_bytes`` limit is reached. Facts exclude secrets: no cookies,
@@ -154,7 +156,8 @@ _DONE_DIR = _Dir(mode=_DONE)
 
 
 class _FlowState:
-    """Per-flow inspection state, kept small: one lives on every live flow (80 bytes).
+    """Per-flow inspection state, kept small (80 bytes): one lives on every flow still being
+    inspected (finished ones share a :class:`_SharedState`).
 
     The facts nearly every flow has (application protocol, OS guesses) are a shared
     :class:`_Labels`; the full :class:`DpiFacts` record (TLS, HTTP, anomalies, mismatch) is made
@@ -175,6 +178,37 @@ class _FlowState:
         self.labels = labels
         #: the rarer facts, made on first use (see :meth:`FlowInspector._rich`)
         self.facts: DpiFacts | None = None
+
+
+class _SharedState(_FlowState):
+    """A finished state (both directions done, no facts record, both first TTLs known) shared
+    by every flow with the same labels and TTLs: such a state holds nothing else, and most
+    live flows end up in one, so they point at an interned instance instead of owning 80
+    bytes. Never written to: a writer first gives its flow a private copy
+    (:meth:`FlowInspector._own`)."""
+
+    __slots__ = ()
+
+
+_SHARED: dict[tuple[_Labels, int, int], _SharedState] = {}
+#: interned finished states at most (labels x TTL pairs in use; beyond it flows keep their own)
+_SHARED_MAX = 4096
+
+
+def _finish(st: _FlowState, flow: Any) -> None:
+    """Put the flow on the shared state equal to ``st`` if ``st`` is finished (see
+    :class:`_SharedState`). The caller must not write to ``st`` afterwards."""
+    if st.c is _DONE_DIR and st.s is _DONE_DIR and st.facts is None and st.ttl_c >= 0 \
+            and st.ttl_s >= 0:
+        key = (st.labels, st.ttl_c, st.ttl_s)
+        shared = _SHARED.get(key)
+        if shared is None:
+            if len(_SHARED) >= _SHARED_MAX:
+                return
+            shared = _SHARED[key] = _SharedState(st.labels)
+            shared.c = shared.s = _DONE_DIR
+            shared.ttl_c, shared.ttl_s = st.ttl_c, st.ttl_s
+        flow.dpi = shared
 
 
 class _Keyed:
@@ -245,7 +279,7 @@ class FlowInspector:
         # --- anomaly rules: integer checks only (the rare cases in helpers)
         ttl = pkt.ttl
         if ttl != (st.ttl_c if forward else st.ttl_s):
-            self._ttl(st, flow, ttl, forward)
+            st = self._ttl(st, flow, ttl, forward)
         if pkt.proto == PROTO_TCP and _FLAG_WORK[pkt.tcp_flags & 0xFF]:
             self._tcp_flags(st, flow, pkt, forward)
         if pkt.is_fragment:
@@ -276,7 +310,7 @@ class FlowInspector:
         st = getattr(flow, "dpi", None)
         if st is None:
             return None
-        return self._facts_of(st, flow) if type(st) is _FlowState else st
+        return st if type(st) is DpiFacts else self._facts_of(st, flow)
 
     def _by_key(self, flow_key: str) -> Any:
         """The flow with this key among ``all_flows()`` (for readers that pass keys); the index
@@ -293,7 +327,7 @@ class FlowInspector:
     def retire(self, flow: Any) -> None:
         """A flow left the table: keep only its facts (buffers and per-packet state go)."""
         st = flow.dpi
-        if type(st) is _FlowState:
+        if st is not None and type(st) is not DpiFacts:
             flow.dpi = self._facts_of(st, flow)
 
     def as_export(self, flow: Any) -> dict[str, Any]:
@@ -348,8 +382,26 @@ class FlowInspector:
         """The flow's :class:`DpiFacts` record, made on first use."""
         f = st.facts
         if f is None:
+            if type(st) is _SharedState:
+                st = FlowInspector._own(flow)
+                f = st.facts
+                if f is not None:
+                    return f
             f = st.facts = _new_facts(flow)
         return f
+
+    @staticmethod
+    def _own(flow: Any) -> _FlowState:
+        """The flow's state, made its own (a copy) if it is the shared one: every write to a
+        state that may be shared goes through here. Reads ``flow.dpi``, not the caller's
+        state, which may be a shared one the flow has already left (``flow.dpi`` is always set
+        before a write can happen, and is the flow's current state)."""
+        st = flow.dpi
+        if type(st) is _SharedState:
+            own = _FlowState(st.labels)
+            own.c, own.s, own.ttl_c, own.ttl_s = st.c, st.s, st.ttl_c, st.ttl_s
+            st = flow.dpi = own
+        return st
 
     # ---- flow set-up and anomaly bookkeeping -------------------------------------------------
     def _state(self, pkt: ParsedPacket, flow: Any, forward: bool) -> _FlowState:
@@ -387,16 +439,20 @@ class FlowInspector:
             f.anomaly_score = score
             self.hosts.add(flow.src_ip, rule)
 
-    def _ttl(self, st: _FlowState, flow: Any, ttl: int, forward: bool) -> None:
-        """A TTL that differs from the direction's first one (or the first one)."""
+    def _ttl(self, st: _FlowState, flow: Any, ttl: int, forward: bool) -> _FlowState:
+        """A TTL that differs from the direction's first one (or the first one); returns the
+        flow's state, which may now be a shared one (reads only from there on)."""
         first = st.ttl_c if forward else st.ttl_s
         if first < 0:
             if forward:
                 st.ttl_c = ttl
             else:
                 st.ttl_s = ttl
-        elif st.labels.ttl_rule and abs(ttl - first) > TTL_TOLERANCE:
+            _finish(st, flow)                   # (an ICMP flow's reply finishes it here)
+            return flow.dpi
+        if st.labels.ttl_rule and abs(ttl - first) > TTL_TOLERANCE:
             self._flag(st, flow, "ttl_change", f"{first} -> {ttl}")
+        return flow.dpi
 
     def _tcp_flags(self, st: _FlowState, flow: Any, pkt: ParsedPacket, forward: bool) -> None:
         flags = pkt.tcp_flags
@@ -404,9 +460,10 @@ class FlowInspector:
         if rule is not None and not pkt.is_fragment:
             self._flag(st, flow, rule)
         if flags & SYN:
-            self._syn(st, pkt, forward, flags)
+            self._syn(st, flow, pkt, forward, flags)
 
-    def _syn(self, st: _FlowState, pkt: ParsedPacket, forward: bool, flags: int) -> None:
+    def _syn(self, st: _FlowState, flow: Any, pkt: ParsedPacket, forward: bool,
+             flags: int) -> None:
         isn = (pkt.seq + 1) & _MASK
         d = st.c if forward else st.s
         if type(d) is _Dir:
@@ -424,11 +481,12 @@ class FlowInspector:
             if not forward and lb.server_os is None:
                 guess = fingerprint(pkt)
                 if guess is not None:
-                    st.labels = _labels(lb.app, lb.client_os, guess.label, lb.ttl_rule)
+                    self._own(flow).labels = _labels(lb.app, lb.client_os, guess.label,
+                                                     lb.ttl_rule)
         elif forward and lb.client_os is None:
             guess = fingerprint(pkt)
             if guess is not None:
-                st.labels = _labels(lb.app, guess.label, lb.server_os, lb.ttl_rule)
+                self._own(flow).labels = _labels(lb.app, guess.label, lb.server_os, lb.ttl_rule)
 
     # ---- payload -----------------------------------------------------------------------------
     def _payload(self, st: _FlowState, flow: Any, pkt: ParsedPacket, forward: bool,
@@ -444,6 +502,7 @@ class FlowInspector:
                 else:
                     st.s = _DONE_DIR
                 self._both_done(st)
+                _finish(st, flow)
                 return
             d = _Dir(next_seq=-1 if d is None else d)
             if forward:
@@ -466,6 +525,7 @@ class FlowInspector:
             else:
                 st.s = _DONE_DIR
         self._both_done(st)
+        _finish(st, flow)
 
     @staticmethod
     def _both_done(st: _FlowState) -> None:
