@@ -4,11 +4,14 @@ Under CI=true a missing prerequisite (root, tmux, a Debian tool) is a failure, n
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
 import sys
+import tracemalloc
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -19,6 +22,20 @@ if str(ROOT) not in sys.path:  # entry point: make the project importable withou
 CAPTURES = Path(os.environ.get("PACKETTRACER_CAPTURES", ROOT.parent / "shared" / "captures"))
 EXPECTED = CAPTURES / "expected"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def traced_growth(run: Callable[[], object]) -> int:
+    """Bytes of Python heap that ``run()`` leaves allocated (tracemalloc, garbage collected
+    before and after): for tests that bound what a structure keeps per item."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
 
 
 def require(condition: bool, reason: str) -> None:

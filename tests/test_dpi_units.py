@@ -5,9 +5,7 @@ what it sees in the pipeline.
 """
 from __future__ import annotations
 
-import gc
 import struct
-import tracemalloc
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -21,6 +19,7 @@ from analysis.quic import initial_keys
 from analysis.tls import ClientHello, is_grease, parse_handshake, parse_tls_stream
 from capture.packet import ParsedPacket
 from capture.parser import parse
+from tests.conftest import traced_growth
 from tracking.flow import FlowTracker
 
 CLIENT, SERVER = "10.0.0.2", "93.184.216.34"
@@ -327,16 +326,7 @@ def test_live_flows_cost_little_memory_and_keep_their_facts() -> None:
             assert hit is not None
             fed.append((pkt, *hit))
     ins = FlowInspector()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for pkt, flow, forward in fed:
-            ins.flow_stage(pkt, flow, forward)
-        gc.collect()
-        per_flow = (tracemalloc.get_traced_memory()[0] - before) / n
-    finally:
-        tracemalloc.stop()
+    per_flow = traced_growth(lambda: [ins.flow_stage(pkt, flow, fwd) for pkt, flow, fwd in fed]) / n
     # ~80 bytes of state plus the beacon detector's key (was ~500 with a record per flow)
     assert per_flow < 256, per_flow
     flow = fed[-1][1]

@@ -7,9 +7,7 @@ every fact, label, anomaly and host score is the same with and without the shari
 """
 from __future__ import annotations
 
-import gc
 import struct
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from analysis.inspector import FlowInspector
 from capture.packet import ParsedPacket
 from capture.parser import parse
 from capture.reader import iter_parsed
-from tests.conftest import CAPTURES, require
+from tests.conftest import CAPTURES, require, traced_growth
 from tracking.flow import Flow, FlowTracker
 
 SYN, PSH_ACK, ACK = 0x02, 0x18, 0x10
@@ -117,16 +115,8 @@ def test_finished_flows_hold_no_state_of_their_own() -> None:
         with pytest.MonkeyPatch.context() as mp:
             if not share:
                 mp.setattr(inspector_module, "_finish", lambda st, flow: None)
-            gc.collect()
-            tracemalloc.start()
-            try:
-                before = tracemalloc.get_traced_memory()[0]
-                for pkt, flow, forward in fed:
-                    ins.flow_stage(pkt, flow, forward)
-                gc.collect()
-                per_flow[share] = (tracemalloc.get_traced_memory()[0] - before) / n
-            finally:
-                tracemalloc.stop()
+            per_flow[share] = traced_growth(
+                lambda: [ins.flow_stage(pkt, flow, fwd) for pkt, flow, fwd in fed]) / n
     # the 80-byte state per flow is gone (what is left is the beacon detector's own records)
     assert per_flow[False] - per_flow[True] > 70, per_flow
 
