@@ -175,6 +175,12 @@ class _Counter:
         return getattr(n, self.name) if n is not None else 0
 
 
+#: one int object per TCP window value in use. A connection keeps the last window of each
+#: direction; holding the packet's own int costs 32 bytes each, and window values repeat across
+#: connections (65535, 64240, 502...). Bounded by the 16-bit field: at most 65,536 entries.
+_WINDOWS: dict[int, int] = {}
+
+
 def _ooo_limit(rtt: float | None) -> float:
     """Out-of-order limit: the handshake RTT once known (and non-zero), else 3 ms (ooo_thres)."""
     return rtt - _TIME_EPS if rtt else _OOO_DEFAULT
@@ -344,7 +350,8 @@ class TcpConnection:
                         mx = fwd.maxseqtobeacked
                         if seq == mx or not mx:
                             fwd.maxseqtobeacked = end
-                        fwd.window = window
+                        if window != fwd.window:
+                            fwd.window = _WINDOWS.setdefault(window, window)
                         # hold the other side's int, not the packet's, when they are equal
                         fwd.lastack = rmx if ack == rmx else ack
                         return 0
@@ -354,7 +361,8 @@ class TcpConnection:
                     mx = fwd.maxseqtobeacked
                     if seq == mx or not mx:
                         fwd.maxseqtobeacked = fwd.nextseq
-                    fwd.window = window
+                    if window != fwd.window:
+                        fwd.window = _WINDOWS.setdefault(window, window)
                     fwd.lastack = rmx if ack == rmx else ack
                     return 0
 
@@ -431,7 +439,8 @@ class TcpConnection:
         mx = fwd.maxseqtobeacked
         if (seq == mx or not mx) and not ev & EV_ZERO_WINDOW_PROBE:
             fwd.maxseqtobeacked = fwd.nextseq
-        fwd.window = window
+        if window != fwd.window:
+            fwd.window = _WINDOWS.setdefault(window, window)
         fq = fwd.quirks
         if fq is not None:
             if ack != fwd.lastack:
