@@ -15,7 +15,7 @@ from typing import Any
 from capture.sniffer import CaptureStats
 from config import Settings
 from pipeline import PipelineCounters
-from tracking.flow import Flow, FlowTracker, RecordedFlow
+from tracking.flow import Flow, FlowTracker, RecordedFlow, verdict
 
 _PROTO_NUMBERS = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMPv6": 58, "SCTP": 132, "GRE": 47}
 
@@ -45,7 +45,7 @@ def flow_from_row(row: dict[str, Any]) -> Flow:
         row.get("first_seen") or 0.0, row.get("last_seen") or 0.0,
         packets_sent=row.get("packets_sent") or 0, packets_recv=row.get("packets_recv") or 0,
         bytes_sent=row.get("bytes_sent") or 0, bytes_recv=row.get("bytes_recv") or 0,
-        classification=row.get("classification") or "", encrypted=bool(row.get("encrypted")),
+        verdict=verdict(row.get("classification") or "", bool(row.get("encrypted"))),
         retired="stored", _key=row.get("flow_key") or "")
 
 

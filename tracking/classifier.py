@@ -26,6 +26,7 @@ from capture.packet import (
     PROTO_AH, PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IGMP, PROTO_IPIP, PROTO_IPV6,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, ParsedPacket,
 )
+from tracking.flow import verdict
 
 WEB = "web"
 SECURE_WEB = "secure_web"
@@ -289,18 +290,19 @@ class TrafficClassifier:
         self._flows.pop(flow_key, None)
 
     def flow_stage(self, pkt: ParsedPacket, flow: Any, forward: bool) -> None:
-        """Pipeline flow stage: sets ``flow.classification``/``flow.encrypted`` in place.
+        """Pipeline flow stage: sets ``flow.verdict`` (category, encrypted, final) in place.
 
         Looks at a flow's first ``inspect_packets`` packets; after that (or once a signature
-        named the flow) it returns after one comparison (``flow.class_final``).
+        named the flow) it returns after one test (``flow.verdict.final``).
         """
-        if flow.class_final:
+        v = flow.verdict
+        if v.final:
             return
-        cls = flow.classification
+        cls = v.category
         n = pkt.payload_len
         if cls:
             if flow.packets_sent + flow.packets_recv > self.inspect_packets:
-                flow.class_final = True
+                flow.verdict = verdict(cls, v.encrypted, True)
                 return
             if not n:
                 return
@@ -319,10 +321,7 @@ class TrafficClassifier:
         cat, enc, strong = _classify_head(flow.proto, flow.src_port, flow.dst_port, head, n,
                                           None)
         if strong or not cls:
-            flow.classification = cat
-            flow.encrypted = enc
-            if strong:
-                flow.class_final = True
+            flow.verdict = verdict(cat, enc, strong)
 
     @staticmethod
     def refine(category: str, packets: int, bytes: int, duration: float, mean_size: float,

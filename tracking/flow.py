@@ -38,6 +38,32 @@ class TcpAnalyzer(Protocol):
     def as_dict(self) -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the classifier decided about a flow. Interned (see :func:`verdict`): flows share
+    these few objects instead of carrying three fields each."""
+
+    category: str = ""
+    encrypted: bool = False
+    #: decided for good (a signature seen, or past the flow's first packets)
+    final: bool = False
+
+
+_VERDICTS: dict[tuple[str, bool, bool], Verdict] = {}
+
+
+def verdict(category: str, encrypted: bool = False, final: bool = False) -> Verdict:
+    """The shared :class:`Verdict` for these values."""
+    key = (category, bool(encrypted), bool(final))
+    v = _VERDICTS.get(key)
+    if v is None:
+        v = _VERDICTS[key] = Verdict(*key)
+    return v
+
+
+UNCLASSIFIED = verdict("")
+
+
 @dataclass(slots=True, eq=False)
 class Flow:
     """One conversation. ``src`` is the initiator; *_sent counts src->dst, *_recv dst->src."""
@@ -49,7 +75,6 @@ class Flow:
     dst_port: int
     first_seen: float
     last_seen: float
-    generation: int = 0
     packets_sent: int = 0
     packets_recv: int = 0
     bytes_sent: int = 0
@@ -59,13 +84,13 @@ class Flow:
     flags_sent: int = 0
     flags_recv: int = 0
     tcp: TcpAnalyzer | None = None
-    classification: str = ""
-    encrypted: bool = False
+    #: the classifier's verdict (category, encrypted, final): one shared object per combination
+    verdict: Verdict = UNCLASSIFIED
     #: why the flow left the table: "" (active), "idle", "closed", "evicted", "end"
     retired: str = ""
+    #: the flow key once made; made at creation for a reused 5-tuple, whose key carries the
+    #: generation (so no slot holds a generation that is 0 on almost every flow)
     _key: str = field(default="", repr=False)
-    #: the classifier has decided for good (signature seen, or past its first packets)
-    class_final: bool = field(default=False, repr=False)
     #: deep inspection's state for this flow (analysis.inspector.FlowInspector.flow_stage),
     #: kept here so the per-packet stage needs no key string or table lookup
     dpi: Any = field(default=None, repr=False)
@@ -79,9 +104,30 @@ class Flow:
         """Stable id: the same flow in a replay or after a restart gets the same key."""
         if not self._key:
             # made on first use only (the writer and the dashboard ask; --no-db runs never do)
-            k = f"{proto_name(self.proto)}|{self.src_ip}|{self.src_port}|{self.dst_ip}|{self.dst_port}"
-            self._key = k if not self.generation else f"{k}|{self.generation}"
+            self._key = self._tuple_key()
         return self._key
+
+    def _tuple_key(self) -> str:
+        return f"{proto_name(self.proto)}|{self.src_ip}|{self.src_port}|{self.dst_ip}|{self.dst_port}"
+
+    @property
+    def generation(self) -> int:
+        """Earlier connections of this 5-tuple in the run (port reuse); 0 for the first."""
+        k = self._key
+        return int(k.rsplit("|", 1)[1]) if k.count("|") == 5 else 0
+
+    @property
+    def classification(self) -> str:
+        return self.verdict.category
+
+    @property
+    def encrypted(self) -> bool:
+        return self.verdict.encrypted
+
+    @property
+    def class_final(self) -> bool:
+        """The classifier has decided for good (signature seen, or past its first packets)."""
+        return self.verdict.final
 
     @property
     def ip_version(self) -> int:
@@ -304,7 +350,9 @@ class FlowTracker:
         # need no entry: a 5-tuple has at most one live flow)
         gen = self._generations.pop((proto, src, sport, dst, dport), -1) + 1 \
             if self._generations else 0
-        flow = Flow(proto, src, sport, dst, dport, pkt.ts, pkt.ts, generation=gen)
+        flow = Flow(proto, src, sport, dst, dport, pkt.ts, pkt.ts)
+        if gen:
+            flow._key = f"{flow._tuple_key()}|{gen}"
         if proto == PROTO_TCP and self.tcp_factory is not None:
             flow.tcp = self.tcp_factory()
         self._table[key] = flow

@@ -20,7 +20,7 @@ from relay.server.protocol import (
     AlertBatch, AlertRecord, Bye, DnsBatch, FlowBatch, FlowRecord, FlowUpdate, Hello, Metrics,
     PortBatch, PortRecord, flow_row,
 )
-from tracking.flow import Flow, RecordedFlow
+from tracking.flow import Flow, RecordedFlow, verdict
 
 #: the dashboard's agent states
 CONNECTED, LOST, CLOSED = "connected", "lost", "closed"
@@ -233,7 +233,7 @@ class MergedStore:
                              r.dst_port or 0, r.first_seen, r.last_seen,
                              packets_sent=r.packets_sent, packets_recv=r.packets_recv,
                              bytes_sent=r.bytes_sent, bytes_recv=r.bytes_recv,
-                             classification=r.classification or "", encrypted=r.encrypted,
+                             verdict=verdict(r.classification or "", r.encrypted),
                              retired=r.retired, agent=agent, _key=r.flow_key)
             out.append(f)
         return out
