@@ -1,9 +1,10 @@
 """Bidirectional flows keyed by the 5-tuple.
 
-Each flow is stored once, under its canonical 5-tuple (the lower address/port end first): one
-dict lookup per packet finds it, and the packet's direction follows from comparing its source
-with the flow's. The flow's ``src`` is the initiator:
-the sender of the SYN for TCP, otherwise the sender of the first packet seen (tshark's A side).
+Each flow is stored once, under its 5-tuple in initiator order, the same tuple the flow keeps as
+its endpoints: a packet of the initiator finds it with one dict lookup, a packet of the responder
+with a second one by the reversed tuple, and which lookup hit gives the packet's direction. The
+flow's ``src`` is the initiator: the sender of the SYN for TCP, otherwise the sender of the first
+packet seen (tshark's A side).
 
 Flows leave the table by idle expiry, LRU-style eviction over ``max_flows``, or (TCP) a close
 followed by a short linger from the last packet; they are never lost: retired flows are handed to listeners (the
@@ -64,40 +65,80 @@ def verdict(category: str, encrypted: bool = False, final: bool = False) -> Verd
 UNCLASSIFIED = verdict("")
 
 
-@dataclass(slots=True, eq=False)
 class Flow:
-    """One conversation. ``src`` is the initiator; *_sent counts src->dst, *_recv dst->src."""
+    """One conversation. ``src`` is the initiator; *_sent counts src->dst, *_recv dst->src.
 
-    proto: int
-    src_ip: str
-    src_port: int
-    dst_ip: str
-    dst_port: int
-    first_seen: float
-    last_seen: float
-    packets_sent: int = 0
-    packets_recv: int = 0
-    bytes_sent: int = 0
-    bytes_recv: int = 0
-    ttl_sent: int = 0
-    ttl_recv: int = 0
-    flags_sent: int = 0
-    flags_recv: int = 0
-    tcp: TcpAnalyzer | None = None
-    #: the classifier's verdict (category, encrypted, final): one shared object per combination
-    verdict: Verdict = UNCLASSIFIED
-    #: why the flow left the table: "" (active), "idle", "closed", "evicted", "end"
-    retired: str = ""
-    #: the flow key once made; made at creation for a reused 5-tuple, whose key carries the
-    #: generation (so no slot holds a generation that is 0 on almost every flow)
-    _key: str = field(default="", repr=False)
-    #: deep inspection's state for this flow (analysis.inspector.FlowInspector.flow_stage),
-    #: kept here so the per-packet stage needs no key string or table lookup
-    dpi: Any = field(default=None, repr=False)
-    #: the security monitor's per-flow state (security.monitor), same reason as ``dpi``
-    sec: Any = field(default=None, repr=False)
-    #: the record of the flow's service port (tracking.ports: decided on the first packet)
-    svc: Any = field(default=None, repr=False)
+    The endpoints are kept as ``key``, the 5-tuple in initiator order, which is also the flow's
+    key in the tracker's table: one tuple serves both (five slots fewer per flow, and no second
+    tuple for the table). ``proto``, ``src_ip``, ``src_port``, ``dst_ip``, ``dst_port`` read it.
+    """
+
+    __slots__ = ("key", "first_seen", "last_seen", "packets_sent", "packets_recv", "bytes_sent",
+                 "bytes_recv", "ttl_sent", "ttl_recv", "flags_sent", "flags_recv", "tcp",
+                 "verdict", "retired", "_key", "dpi", "sec", "svc")
+
+    def __init__(self, proto: int, src_ip: str, src_port: int, dst_ip: str, dst_port: int,
+                 first_seen: float, last_seen: float, packets_sent: int = 0,
+                 packets_recv: int = 0, bytes_sent: int = 0, bytes_recv: int = 0,
+                 ttl_sent: int = 0, ttl_recv: int = 0, flags_sent: int = 0, flags_recv: int = 0,
+                 tcp: TcpAnalyzer | None = None, verdict: Verdict = UNCLASSIFIED,
+                 retired: str = "", _key: str = "", dpi: Any = None, sec: Any = None,
+                 svc: Any = None) -> None:
+        #: (proto, src_ip, src_port, dst_ip, dst_port), initiator first
+        self.key: tuple[int, str, int, str, int] = (proto, src_ip, src_port, dst_ip, dst_port)
+        self.first_seen = first_seen
+        self.last_seen = last_seen
+        self.packets_sent = packets_sent
+        self.packets_recv = packets_recv
+        self.bytes_sent = bytes_sent
+        self.bytes_recv = bytes_recv
+        self.ttl_sent = ttl_sent
+        self.ttl_recv = ttl_recv
+        self.flags_sent = flags_sent
+        self.flags_recv = flags_recv
+        self.tcp = tcp
+        #: the classifier's verdict (category, encrypted, final): one shared object per combination
+        self.verdict = verdict
+        #: why the flow left the table: "" (active), "idle", "closed", "evicted", "end"
+        self.retired = retired
+        #: the flow key once made; made at creation for a reused 5-tuple, whose key carries the
+        #: generation (so no slot holds a generation that is 0 on almost every flow)
+        self._key = _key
+        #: deep inspection's state for this flow (analysis.inspector.FlowInspector.flow_stage),
+        #: kept here so the per-packet stage needs no key string or table lookup
+        self.dpi = dpi
+        #: the security monitor's per-flow state (security.monitor), same reason as ``dpi``
+        self.sec = sec
+        #: the record of the flow's service port (tracking.ports: decided on the first packet)
+        self.svc = svc
+
+    @property
+    def proto(self) -> int:
+        return self.key[0]
+
+    @property
+    def src_ip(self) -> str:
+        """The initiator's address."""
+        return self.key[1]
+
+    @property
+    def src_port(self) -> int:
+        """The initiator's port (ICMP echo: the id; other protocols: 0)."""
+        return self.key[2]
+
+    @property
+    def dst_ip(self) -> str:
+        return self.key[3]
+
+    @property
+    def dst_port(self) -> int:
+        return self.key[4]
+
+    def __repr__(self) -> str:
+        p, a, ap, b, bp = self.key
+        return (f"Flow({proto_name(p)} {a}:{ap} -> {b}:{bp}, sent {self.packets_sent}/"
+                f"{self.bytes_sent}, recv {self.packets_recv}/{self.bytes_recv}, "
+                f"{self.state}{', ' + self.retired if self.retired else ''})")
 
     @property
     def flow_key(self) -> str:
@@ -197,13 +238,16 @@ class Flow:
         return d
 
 
-@dataclass(slots=True, eq=False)
 class RecordedFlow(Flow):
     """A flow rebuilt from a record (a stored session's row, a relay agent's report): it carries
     the agent that saw it (relay), which live flows need no slot for. Give it the key it was
     recorded under as ``_key``."""
 
-    agent: str = ""
+    __slots__ = ("agent",)
+
+    def __init__(self, *args: Any, agent: str = "", **kw: Any) -> None:
+        Flow.__init__(self, *args, **kw)
+        self.agent = agent
 
     def as_dict(self) -> dict[str, Any]:
         d = Flow.as_dict(self)
@@ -231,10 +275,10 @@ class FlowTracker:
         self.history_limit = history_limit
         self.tcp_factory = tcp_factory
         self.lock = threading.RLock()
-        #: canonical 5-tuple (lower address/port end first) -> the live flow; its values are the
-        #: active flows. One entry per flow, not one per direction: a second key tuple, a second
-        #: slot and two (flow, direction) tuples cost ~250 bytes a flow, more than the ordering
-        #: test per packet saves.
+        #: the flow's own ``key`` (5-tuple in initiator order) -> the live flow; its values are
+        #: the active flows. One entry per flow, not one per direction: a packet of the
+        #: responder finds its flow by the reversed tuple, a second lookup that costs less than
+        #: a second key tuple, slot and (flow, direction) pair per flow (~250 bytes).
         self._table: dict[tuple, Flow] = {}
         # IPv4/IPv6 fragment id -> (flow, forward), so later fragments land in the first's flow
         self._frags: dict[tuple, tuple[Flow, bool]] = {}
@@ -261,10 +305,12 @@ class FlowTracker:
             fk = (src, dst, pkt.ip_id, proto)
             hit = self._frags.get(fk)
             if hit is None:
-                key = (proto, src, 0, dst, 0) if src <= dst else (proto, dst, 0, src, 0)
-                flow = self._table.get(key)
-                hit = ((flow, flow.src_ip == src) if flow is not None
-                       else self._new_flow(pkt, key, src, 0, dst, 0))
+                flow = self._table.get((proto, src, 0, dst, 0))
+                if flow is not None:
+                    hit = (flow, True)
+                else:
+                    flow = self._table.get((proto, dst, 0, src, 0))
+                    hit = (flow, False) if flow is not None else self._new_flow(pkt, src, 0, dst, 0)
             flow, fwd = hit
             self._account(flow, fwd, pkt)
             if not pkt.more_fragments:
@@ -277,24 +323,24 @@ class FlowTracker:
             sport = dport = pkt.icmp_id
         else:
             sport = dport = 0
-        if src < dst or (src == dst and sport <= dport):
-            key = (proto, src, sport, dst, dport)
+        table = self._table
+        flow = table.get((proto, src, sport, dst, dport))
+        if flow is not None:
+            fwd = True
         else:
-            key = (proto, dst, dport, src, sport)
-        flow = self._table.get(key)
-        if flow is None:
-            flow, fwd = self._new_flow(pkt, key, src, sport, dst, dport)
+            flow = table.get((proto, dst, dport, src, sport))
+            if flow is None:
+                flow, fwd = self._new_flow(pkt, src, sport, dst, dport)
+            else:
+                fwd = False
+        tcp = flow.tcp
+        if tcp is not None and pkt.tcp_flags & (SYN | ACK) == SYN and \
+                tcp.is_new_connection(pkt, fwd):
+            # A SYN with a new initial sequence number starts a new connection on the same
+            # 5-tuple (tshark: a new tcp.stream); its sender is the new flow's initiator.
+            self._retire(flow, "closed" if tcp.closed else "reused")
+            flow, fwd = self._new_flow(pkt, src, sport, dst, dport)
             tcp = flow.tcp
-        else:
-            fwd = flow.src_port == sport and flow.src_ip == src
-            tcp = flow.tcp
-            if tcp is not None and pkt.tcp_flags & (SYN | ACK) == SYN and \
-                    tcp.is_new_connection(pkt, fwd):
-                # A SYN with a new initial sequence number starts a new connection on the same
-                # 5-tuple (tshark: a new tcp.stream); its sender is the new flow's initiator.
-                self._retire(flow, "closed" if tcp.closed else "reused")
-                flow, fwd = self._new_flow(pkt, key, src, sport, dst, dport)
-                tcp = flow.tcp
         # _account, inlined: this runs for every packet
         ts = pkt.ts
         if fwd:
@@ -334,10 +380,10 @@ class FlowTracker:
         if tcp is not None and pkt.proto == PROTO_TCP and not pkt.is_fragment:
             tcp.update(pkt, fwd)
 
-    def _new_flow(self, pkt: ParsedPacket, key: tuple, src: str, sport: int, dst: str,
+    def _new_flow(self, pkt: ParsedPacket, src: str, sport: int, dst: str,
                   dport: int) -> tuple[Flow, bool]:
-        """A flow for ``pkt`` under the canonical ``key``; returns (flow, pkt is forward)."""
-        proto = key[0]
+        """A flow for ``pkt`` (sent from ``src`` to ``dst``); returns (flow, pkt is forward)."""
+        proto = pkt.proto
         if len(self._table) >= self.max_flows:
             # Make room first, so the flow being created can never be the one evicted.
             self._evict()
@@ -355,7 +401,7 @@ class FlowTracker:
             flow._key = f"{flow._tuple_key()}|{gen}"
         if proto == PROTO_TCP and self.tcp_factory is not None:
             flow.tcp = self.tcp_factory()
-        self._table[key] = flow
+        self._table[flow.key] = flow
         self.total_flows += 1
         for cb in self.new_flow_listeners:
             cb(flow)
@@ -363,13 +409,13 @@ class FlowTracker:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _unlink(self, flow: Flow) -> None:
-        key = _canonical(flow)
+        key = flow.key
         if self._table.get(key) is flow:
             del self._table[key]
 
     def adopt(self, flow: Flow) -> None:
         """Put an already built flow (a stored session's) in the table as active."""
-        self._table[_canonical(flow)] = flow
+        self._table[flow.key] = flow
 
     def _retire(self, flow: Flow, why: str) -> None:
         self._unlink(flow)
@@ -377,7 +423,7 @@ class FlowTracker:
         gens = self._generations
         if len(gens) >= 4 * self.max_flows:
             gens.clear()
-        gens[(flow.proto, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port)] = flow.generation
+        gens[flow.key] = flow.generation
         if len(self.retired) < self.history_limit:
             self.retired.append(flow)
         else:
@@ -439,14 +485,6 @@ class FlowTracker:
     @property
     def active_count(self) -> int:
         return len(self._table)
-
-
-def _canonical(flow: Flow) -> tuple:
-    """The table key of ``flow``: its 5-tuple with the lower (address, port) end first."""
-    p, a, ap, b, bp = flow.proto, flow.src_ip, flow.src_port, flow.dst_ip, flow.dst_port
-    if a < b or (a == b and ap <= bp):
-        return (p, a, ap, b, bp)
-    return (p, b, bp, a, ap)
 
 
 # ---- snapshot helpers (pure functions over lists of flows) -----------------------------------
