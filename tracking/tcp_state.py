@@ -131,6 +131,9 @@ _LAST_FLAGS = EV_KEEP_ALIVE | EV_ZERO_WINDOW_PROBE
 #: _Half.fin: no FIN sent yet / our FIN acknowledged (else: the sequence number after our FIN)
 _NO_FIN = -1
 _FIN_ACKED = -2
+#: TcpConnection._bases: both directions' base sequence numbers known (flag bit), and neither
+_BOTH_KNOWN = 1 << 64
+_NONE_KNOWN = -(1 << 33)
 #: parser messages for frames whose TCP header could not be read (then: no analysis)
 _BAD_TCP_HEADER = ("truncated TCP header", "bad TCP header length", "truncated TCP options")
 
@@ -210,13 +213,10 @@ class _Half:
     agree (see the memory note on :class:`TcpConnection`).
     """
 
-    __slots__ = ("base", "nextseq", "nextseqtime", "maxseqtobeacked", "lastack", "window",
-                 "win_scale", "quirks", "fin")
+    __slots__ = ("nextseq", "nextseqtime", "maxseqtobeacked", "lastack", "window", "win_scale",
+                 "quirks", "fin")
 
     def __init__(self) -> None:
-        #: base sequence number (the SYN's, else seq-1 of the first segment, else ack-1 of the
-        #: other side's first ACK); None = not known yet
-        self.base: int | None = None
         self.nextseq = 0          # highest seq+len(+SYN/FIN) seen; 0 = none yet (as Wireshark)
         self.nextseqtime = 0.0
         self.maxseqtobeacked = 0  # end of the contiguous data seen; 0 = none yet
@@ -250,7 +250,7 @@ class TcpConnection:
     specialisation misses on every other packet: the fast path measured about 4% slower.
     """
 
-    __slots__ = ("_a", "_b", "_syn_ts", "_steady", "state", "handshake_rtt", "closed", "packets",
+    __slots__ = ("_a", "_b", "_bases", "_syn_ts", "_steady", "state", "handshake_rtt", "packets",
                  "_n")
 
     #: frames matching tshark's tcp.analysis.retransmission (includes fast and spurious)
@@ -270,6 +270,12 @@ class TcpConnection:
     def __init__(self) -> None:
         self._a = _Half()          # initiator -> responder
         self._b = _Half()          # responder -> initiator
+        #: base sequence number of each direction (its SYN's, else seq-1 of its first segment,
+        #: else ack-1 of the other side's first ACK), in one int: _NONE_KNOWN; the initiator's
+        #: alone (0 <= n < 2**32: the SYN's own int); the responder's alone (~n, negative);
+        #: both: _BOTH_KNOWN | initiator's | responder's << 32 (a 36-byte int, for two 32-byte
+        #: ints and two slots). Only the port-reuse rule and _steady read them.
+        self._bases = _NONE_KNOWN
         self._syn_ts = 0.0         # time of the most recent SYN (Wireshark's ts_mru_syn)
         #: the in-order fast path may run: ESTABLISHED/MIDSTREAM with no FIN yet (a packet
         #: without SYN/FIN/RST changes no state), both bases known, the handshake RTT settled
@@ -277,11 +283,19 @@ class TcpConnection:
         self.state: str = NEW
         #: seconds from the (last) SYN to the first ACK without SYN (tcp.analysis.initial_rtt)
         self.handshake_rtt: float | None = None
-        #: FIN both ways acknowledged, or RST: the tracker may retire the flow after a linger
-        self.closed = False
         self.packets = 0
         #: the analysis counters, made at the first event (most connections never have one)
         self._n: _Counts | None = None
+
+    @property
+    def closed(self) -> bool:
+        """FIN both ways acknowledged, or RST: the tracker may retire the flow after a linger.
+
+        Derived from the state (both are final) rather than kept in a slot: read only on SYNs
+        and by the tracker's expiry.
+        """
+        state = self.state
+        return state == CLOSED or state == RESET
 
     # ------------------------------------------------------------------ stream splitting
     def is_new_connection(self, pkt: ParsedPacket, forward: bool) -> bool:
@@ -296,7 +310,13 @@ class TcpConnection:
         """
         if pkt.tcp_flags & (SYN | ACK) != SYN:
             return False
-        base = (self._a if forward else self._b).base
+        bases = self._bases
+        if bases >= _BOTH_KNOWN:
+            base = bases & _M if forward else (bases >> 32) & _M
+        elif bases >= 0:  # the initiator's alone
+            base = bases if forward else None
+        else:
+            base = ~bases if not forward and bases != _NONE_KNOWN else None
         return base is not None and pkt.seq != base
 
     # ------------------------------------------------------------------ per packet
@@ -368,10 +388,8 @@ class TcpConnection:
 
         self.packets += 1
 
-        if fwd.base is None:
-            fwd.base = seq if flags & SYN else (seq - 1) & _M
-        if rev.base is None and flags & ACK:
-            rev.base = (ack - 1) & _M
+        if not self._steady and self._bases < _BOTH_KNOWN:  # (steady: both known)
+            self._learn_bases(flags, seq, ack, forward)
 
         nextseq = fwd.nextseq
         sfr = flags & _SFR
@@ -481,6 +499,26 @@ class TcpConnection:
             return ev
         return self._advance_state(flags, seq, ack, seglen, forward, fwd, rev, ev)
 
+    def _learn_bases(self, flags: int, seq: int, ack: int, forward: bool) -> None:
+        """Learn the base sequence numbers this packet gives (see _bases; not both known yet)."""
+        bases = self._bases
+        if bases == _NONE_KNOWN or (bases >= 0) != forward:
+            # this side's base is not known: from this packet's sequence number
+            own = seq if flags & SYN else (seq - 1) & _M
+            if bases != _NONE_KNOWN:  # the other side's is known
+                self._bases = _BOTH_KNOWN | own | ~bases << 32 if forward \
+                    else _BOTH_KNOWN | bases | own << 32
+            elif not flags & ACK:
+                self._bases = own if forward else ~own
+            else:
+                other = (ack - 1) & _M
+                self._bases = _BOTH_KNOWN | own | other << 32 if forward \
+                    else _BOTH_KNOWN | other | own << 32
+        elif flags & ACK:  # this side's is known: the other side's from the ACK number
+            other = (ack - 1) & _M
+            self._bases = _BOTH_KNOWN | bases | other << 32 if forward \
+                else _BOTH_KNOWN | other | ~bases << 32
+
     def _counts(self) -> _Counts:
         n = self._n
         if n is None:
@@ -519,10 +557,10 @@ class TcpConnection:
             self._counts().resets += 1
             ev |= EV_RST
             self._steady = False
-            if self.state != RESET:
+            state = self.state
+            if state != RESET:
                 self.state = RESET
-                if not self.closed:
-                    self.closed = True
+                if state != CLOSED:
                     ev |= EV_CLOSED
             return ev
         state = self.state
@@ -552,7 +590,6 @@ class TcpConnection:
             b_fin = self._b.fin
             if a_fin == _FIN_ACKED and b_fin == _FIN_ACKED:
                 state = CLOSED
-                self.closed = True
                 ev |= EV_CLOSED
             elif a_fin != _NO_FIN and b_fin != _NO_FIN:
                 state = CLOSING
@@ -566,7 +603,7 @@ class TcpConnection:
         self.state = state
         # (always a bool: the fast path's first test)
         self._steady = (state == ESTABLISHED or state == MIDSTREAM) \
-            and fwd.base is not None and rev.base is not None \
+            and self._bases >= _BOTH_KNOWN \
             and not (self._syn_ts and not self.handshake_rtt)
         return ev
 
