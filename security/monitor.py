@@ -43,9 +43,6 @@ log = get_logger(__name__)
 #: retransmissions, the ACK; attempts older than that are dropped by the SYN-flood detector
 #: anyway): its half-open bookkeeping only needs those
 HANDSHAKE_SEGMENTS = 4
-#: Flow.sec of a TCP flow whose client has sent its handshake ACK since its last SYN: the
-#: SYN-flood detector has nothing pending for it, so its later ACKs skip that detector
-_ACKED = 1
 #: seconds a snapshot of the connection graph is reused by snapshot()
 GRAPH_REFRESH = 2.0
 #: the private flow table of a monitor used without attach() (tests, tools)
@@ -252,15 +249,14 @@ class SecurityMonitor:
                 if flags & ACK:
                     if flags & SYN:  # SYN/ACK: answers a probe
                         tcp_open(pkt)
-                    elif forward and flow.packets_sent <= HANDSHAKE_SEGMENTS and \
-                            flow.sec is None:
-                        client_ack(pkt)  # may complete a half-open attempt
-                        # (the attempt it completes is gone: the next ACKs have none to end)
-                        flow.sec = _ACKED
+                    elif forward and flow.packets_sent <= HANDSHAKE_SEGMENTS:
+                        # may complete a half-open attempt; a later ACK finds none to end (a
+                        # dict lookup, for at most four segments a flow: cheaper than a "done"
+                        # flag slot on every flow)
+                        client_ack(pkt)
                 else:  # no ACK: a SYN, a client's RST, or a stealth probe
                     if flags & SYN:
                         syn_seen(pkt)
-                        flow.sec = None  # a new attempt may be pending again
                     elif flags & RST:
                         client_ack(pkt)
                     tcp_probe(pkt, flags, flow if forward and flow.packets_sent == 1

@@ -75,15 +75,14 @@ class Flow:
 
     __slots__ = ("key", "first_seen", "last_seen", "packets_sent", "packets_recv", "bytes_sent",
                  "bytes_recv", "ttl_sent", "ttl_recv", "flags_sent", "flags_recv", "tcp",
-                 "verdict", "retired", "_key", "dpi", "sec", "svc")
+                 "verdict", "retired", "_key", "dpi", "svc")
 
     def __init__(self, proto: int, src_ip: str, src_port: int, dst_ip: str, dst_port: int,
                  first_seen: float, last_seen: float, packets_sent: int = 0,
                  packets_recv: int = 0, bytes_sent: int = 0, bytes_recv: int = 0,
                  ttl_sent: int = 0, ttl_recv: int = 0, flags_sent: int = 0, flags_recv: int = 0,
                  tcp: TcpAnalyzer | None = None, verdict: Verdict = UNCLASSIFIED,
-                 retired: str = "", _key: str = "", dpi: Any = None, sec: Any = None,
-                 svc: Any = None) -> None:
+                 retired: str = "", _key: str = "", dpi: Any = None, svc: Any = None) -> None:
         #: (proto, src_ip, src_port, dst_ip, dst_port), initiator first
         self.key: tuple[int, str, int, str, int] = (proto, src_ip, src_port, dst_ip, dst_port)
         self.first_seen = first_seen
@@ -107,8 +106,6 @@ class Flow:
         #: deep inspection's state for this flow (analysis.inspector.FlowInspector.flow_stage),
         #: kept here so the per-packet stage needs no key string or table lookup
         self.dpi = dpi
-        #: the security monitor's per-flow state (security.monitor), same reason as ``dpi``
-        self.sec = sec
         #: the record of the flow's service port (tracking.ports: decided on the first packet)
         self.svc = svc
 
