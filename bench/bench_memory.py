@@ -17,6 +17,9 @@ The packet ring (the last ``PACKET_RING_FRAMES`` frames kept for saving selected
 fixed budget, not a per-flow cost: its share is measured by emptying it at the end and is shown
 on its own line, and left out of the per-flow figure. ``--top`` lists the source lines holding
 the most memory (all trackers), to see where the bytes go.
+
+These runs have no dashboard and no database (``--no-ui --no-db``). Both ask every live flow for
+its key string, which the flow then keeps: the "+ flow keys" line shows what that adds.
 """
 from __future__ import annotations
 
@@ -47,9 +50,9 @@ def _total(snap: tracemalloc.Snapshot) -> int:
     return sum(t.size for t in snap.statistics("filename"))
 
 
-def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int, int]:
+def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int, int, int]:
     """Returns (bytes held by the trackers, active flows, distinct hosts, bytes held by the
-    ring, ring frames)."""
+    ring, ring frames, bytes the flows' key strings add once made)."""
     import config
     import main
     from capture.reader import CaptureFile
@@ -88,6 +91,12 @@ def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int, i
         ring_frames = len(ring)
         ring.clear()
         ring_bytes = used - (_total(_traced()) - base)
+    # A flow makes its key string on first use and keeps it; --no-db --no-ui runs never ask,
+    # but the dashboard's per-second rates and the database writer ask for every live flow.
+    before_keys = _total(_traced())
+    for f in rt.flows.active_flows():
+        f.flow_key
+    key_bytes = _total(_traced()) - before_keys
     tracemalloc.stop()
     if top:
         for stat in snap.statistics("lineno")[:top]:
@@ -95,10 +104,10 @@ def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int, i
             name = fr.filename.replace(str(ROOT) + "/", "")
             print(f"    {stat.size / 1024 / 1024:7.1f} MiB {stat.count:>8} objs  {name}:{fr.lineno}")
     hosts = {f.src_ip for f in rt.flows.active_flows()} | {f.dst_ip for f in rt.flows.active_flows()}
-    return used - ring_bytes, rt.flows.active_count, len(hosts), ring_bytes, ring_frames
+    return used - ring_bytes, rt.flows.active_count, len(hosts), ring_bytes, ring_frames, key_bytes
 
 
-def _measure_apart(path: Path, full: bool, top: int) -> tuple[int, int, int, int, int]:
+def _measure_apart(path: Path, full: bool, top: int) -> tuple[int, int, int, int, int, int]:
     """:func:`measure` in a fresh interpreter: module-level caches (the parser's address
     strings) filled by an earlier run would otherwise not be counted in a later one."""
     cmd = [sys.executable, __file__, "--one", str(path), "--top", str(top)]
@@ -131,7 +140,7 @@ def main_() -> None:
             if not path.exists():
                 # 4 packets per flow: handshake and data in both directions, all flows stay active
                 generate(path, a.flows * 4, a.flows, hosts=hosts)
-            used, n, nhosts, ring_bytes, ring_frames = _measure_apart(
+            used, n, nhosts, ring_bytes, ring_frames, key_bytes = _measure_apart(
                 path, full, a.top if full and not hosts else 0)
             label = "all trackers" if full else "flow table + TCP"
             shape = f"{nhosts:>6} hosts" if hosts else "own hosts"
@@ -139,6 +148,9 @@ def main_() -> None:
                   f"{used / max(n, 1):8.0f} bytes/flow", flush=True)
             if full and hosts:
                 fit.append((used, n, nhosts))
+            if full and hosts == 1000:
+                print(f"{'  + flow keys':<18} {n:>7} flows (made once the dashboard or the "
+                      f"database asks)  {key_bytes / max(n, 1):6.0f} bytes/flow more", flush=True)
             if ring_frames and not hosts:
                 print(f"{'packet ring':<18} {ring_frames:>7} frames (fixed budget, not per flow)  "
                       f"{ring_bytes / 1024 / 1024:5.1f} MiB  {ring_bytes / ring_frames:6.0f} bytes/frame")
