@@ -184,9 +184,12 @@ class _Counter:
 _WINDOWS: dict[int, int] = {}
 
 
-def _ooo_limit(rtt: float | None) -> float:
-    """Out-of-order limit: the handshake RTT once known (and non-zero), else 3 ms (ooo_thres)."""
-    return rtt - _TIME_EPS if rtt else _OOO_DEFAULT
+def _ooo_limit(hs: float | complex) -> float:
+    """Out-of-order limit: the handshake RTT once known (and non-zero), else 3 ms (ooo_thres).
+
+    ``hs`` is TcpConnection._hs: a float only for a known non-zero RTT.
+    """
+    return hs - _TIME_EPS if type(hs) is float else _OOO_DEFAULT
 
 
 class _Quirks:
@@ -243,15 +246,24 @@ class TcpConnection:
     :class:`_Quirks` made only when needed, the out-of-order limit derived from the RTT) and by
     sharing int and float objects where values agree (an ACK number equal to the other side's
     end of data holds that int, not the packet's; a FIN end equal to ``nextseq`` holds the same
-    int; the SYN time is dropped once the RTT is known). After a handshake, data both ways and
-    a FIN: about 595 bytes per connection with its ints and floats (tracemalloc), 777 before.
-    Making this object the initiator's half (a subclass of :class:`_Half`) would save 40 bytes
-    more, but then ``fwd``/``rev`` are of two types and CPython 3.11's attribute-access
-    specialisation misses on every other packet: the fast path measured about 4% slower.
+    int; the SYN time is dropped once the RTT is known), by deriving ``closed`` from the
+    state, and by packing fields the fast path never reads: both base sequence numbers in one
+    int (``_bases``), the SYN time and the RTT in one slot (``_hs``). With a handshake, data
+    and a FIN: about 458 bytes per connection with its ints and floats (tracemalloc, with the
+    ints and floats of parsed packets the connection keeps), 508 before the packing, 777
+    before the sharing. Each costs a few thousand instructions on a connection's handshake
+    packets and none on the fast path (callgrind).
+
+    Tried and left out: making this object the initiator's half (a subclass of
+    :class:`_Half`) would save 40 bytes more, but then ``fwd``/``rev`` are of two types and
+    CPython 3.11's attribute-access specialisation misses on every other packet (fast path
+    about 4% slower). ``packets`` and ``_steady`` in one signed slot (count, negative while not
+    steady) would save 8 bytes, but the fast path's ``> 0`` test stays unspecialised in 3.11:
+    about 130 instructions more per in-order packet (2%). A new local name in :meth:`update`
+    costs every call too (the frame clears each one), so the handshake code reuses names.
     """
 
-    __slots__ = ("_a", "_b", "_bases", "_syn_ts", "_steady", "state", "handshake_rtt", "packets",
-                 "_n")
+    __slots__ = ("_a", "_b", "_bases", "_hs", "_steady", "state", "packets", "_n")
 
     #: frames matching tshark's tcp.analysis.retransmission (includes fast and spurious)
     retransmissions = _Counter()
@@ -276,16 +288,27 @@ class TcpConnection:
         #: both: _BOTH_KNOWN | initiator's | responder's << 32 (a 36-byte int, for two 32-byte
         #: ints and two slots). Only the port-reuse rule and _steady read them.
         self._bases = _NONE_KNOWN
-        self._syn_ts = 0.0         # time of the most recent SYN (Wireshark's ts_mru_syn)
         #: the in-order fast path may run: ESTABLISHED/MIDSTREAM with no FIN yet (a packet
         #: without SYN/FIN/RST changes no state), both bases known, the handshake RTT settled
         self._steady = False
         self.state: str = NEW
-        #: seconds from the (last) SYN to the first ACK without SYN (tcp.analysis.initial_rtt)
-        self.handshake_rtt: float | None = None
+        #: the handshake in one slot, as the SYN time is only needed until the RTT is known:
+        #: a float: the RTT (non-zero; no SYN time kept); else complex(z, t): the time t of the
+        #: most recent SYN (Wireshark's ts_mru_syn; 0.0 = none) with no RTT yet (z == 0.0) or an
+        #: RTT of exactly 0.0 (z == 1.0: then a later SYN and ACK measure it again, as in
+        #: Wireshark). So ``_hs.imag`` is the SYN time in both cases (a float's imag is 0.0).
+        self._hs: float | complex = 0j
         self.packets = 0
         #: the analysis counters, made at the first event (most connections never have one)
         self._n: _Counts | None = None
+
+    @property
+    def handshake_rtt(self) -> float | None:
+        """Seconds from the (last) SYN to the first ACK without SYN (tcp.analysis.initial_rtt)."""
+        hs = self._hs
+        if type(hs) is complex:
+            return 0.0 if hs.real else None
+        return hs
 
     @property
     def closed(self) -> bool:
@@ -443,7 +466,7 @@ class TcpConnection:
             elif not_adv and (rq := rev.quirks) is not None and rq.dupacks >= 2 \
                     and rev.lastack == seq and 0.0 <= now - rq.lastacktime < _FAST_RTX_WINDOW:
                 ev |= EV_FAST_RETRANSMISSION
-            elif not_adv and 0.0 <= now - fwd.nextseqtime < _ooo_limit(self.handshake_rtt) \
+            elif not_adv and 0.0 <= now - fwd.nextseqtime < _ooo_limit(self._hs) \
                     and nextseq != (seq + seglen + (1 if flags & _SF else 0)) & _M:
                 ev |= EV_OUT_OF_ORDER
             elif not_adv:
@@ -484,13 +507,15 @@ class TcpConnection:
                 rev.win_scale = -2
             elif flags & ACK and rev.win_scale == -2:
                 fwd.win_scale = -2
-            # (the SYN time only matters until the RTT is known)
-            if not flags & ACK and not self.handshake_rtt:
-                self._syn_ts = now
-        elif flags & ACK and self._syn_ts and not self.handshake_rtt:
-            rtt = self.handshake_rtt = now - self._syn_ts
-            if rtt:
-                self._syn_ts = 0.0
+            # (the SYN time only matters until the RTT is known: while _hs is no float)
+            # (no new local names here: each one costs every call of update, fast path included)
+            if not flags & ACK and type(self._hs) is complex:
+                self._hs = complex(self._hs.real, now)
+        elif flags & ACK and type(self._hs) is complex and self._hs.imag:  # a SYN time
+            # (type() first: cheap, and the float of a known RTT is the common case)
+            rtt = now - self._hs.imag
+            # (an RTT of 0.0: now is the SYN time)
+            self._hs = rtt if rtt else complex(1.0, now)
             ev |= EV_HANDSHAKE
 
         if ev & _COUNTED:
@@ -604,7 +629,7 @@ class TcpConnection:
         # (always a bool: the fast path's first test)
         self._steady = (state == ESTABLISHED or state == MIDSTREAM) \
             and self._bases >= _BOTH_KNOWN \
-            and not (self._syn_ts and not self.handshake_rtt)
+            and (type(self._hs) is float or not self._hs.imag)
         return ev
 
     # ------------------------------------------------------------------ export
