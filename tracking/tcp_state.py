@@ -511,8 +511,9 @@ class TcpConnection:
             # (no new local names here: each one costs every call of update, fast path included)
             if not flags & ACK and type(self._hs) is complex:
                 self._hs = complex(self._hs.real, now)
-        elif flags & ACK and type(self._hs) is complex and self._hs.imag:  # a SYN time
-            # (type() first: cheap, and the float of a known RTT is the common case)
+        elif flags & ACK and not self._steady and type(self._hs) is complex \
+                and self._hs.imag:  # a SYN time (so no RTT yet, so not steady)
+            # (cheapest tests first: a steady connection or a known RTT is the common case)
             rtt = now - self._hs.imag
             # (an RTT of 0.0: now is the SYN time)
             self._hs = rtt if rtt else complex(1.0, now)
