@@ -7,6 +7,7 @@ library code raises typed errors and never exits.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -262,6 +263,9 @@ def main() -> None:
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     sys.stdout.flush()
+    # The run's objects (50k flows: millions) need no cycle collection at exit; frozen, the
+    # interpreter's final collection skips them (bench-1m: 1.7 s of CPU -> 0.1 s at exit).
+    gc.freeze()
     sys.exit(code)
 
 
