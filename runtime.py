@@ -290,7 +290,11 @@ class Runtime:
         return row
 
     def export_flows(self) -> list[dict[str, Any]]:
-        return [self.export_row(f) for f in self.flows.all_flows()]
+        enricher = self.components.enricher
+        if enricher is None:
+            return [self.export_row(f) for f in self.flows.all_flows()]
+        with enricher.memoized():
+            return [self.export_row(f) for f in self.flows.all_flows()]
 
     def meta(self) -> dict[str, Any]:
         c = self.pipeline.counters

@@ -6,7 +6,8 @@ send nothing.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol
 
 from geo.cache import CacheStats
 from geo.dns_resolver import DNSResolver
@@ -31,10 +32,33 @@ class Enricher:
         self.geo = geo
         self.names = names
         self.owner = owner
+        #: address -> endpoint fields, while an export is being built (see :meth:`memoized`)
+        self._memo: dict[str, dict[str, Any]] | None = None
+
+    @contextmanager
+    def memoized(self) -> Iterator[None]:
+        """Within the block, each address is looked up once. For building an export: every
+        flow asks for both its ends, and a capture with more hosts than the resolvers' caches
+        hold would otherwise look most of them up again (50k flows over 100k hosts: 5.8 s).
+        Outside it, answers stay fresh (names arrive as the capture goes on)."""
+        self._memo = {}
+        try:
+            yield
+        finally:
+            self._memo = None
 
     def endpoint(self, ip: str) -> dict[str, Any]:
         """The export fields for one end: country (ISO code), city, asn, as_org, fqdn,
         domain, name_source ("passive", "ptr" or "none")."""
+        memo = self._memo
+        if memo is not None:
+            hit = memo.get(ip)
+            if hit is None:
+                hit = memo[ip] = self._endpoint(ip)
+            return hit
+        return self._endpoint(ip)
+
+    def _endpoint(self, ip: str) -> dict[str, Any]:
         out: dict[str, Any] = dict.fromkeys(ENDPOINT_FIELDS)
         out["name_source"] = "none"
         if self.geo is not None:
