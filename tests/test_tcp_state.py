@@ -245,6 +245,21 @@ def test_port_reuse_rule() -> None:
     assert not conn.is_new_connection(*seg(9.0, False, SYN, ISN_S))
 
 
+@pytest.mark.parametrize("forward", [True, False])
+def test_port_reuse_rule_with_one_base_known(forward: bool) -> None:
+    """A direction's base comes from its first segment (seq-1) or from the other side's first
+    ACK (ack-1); a direction with no base yet never starts a new connection."""
+    conn = TcpConnection()
+    conn.update(*seg(1.0, forward, PSH, 7000, 0, 100))      # no ACK flag: only its own base
+    assert conn.is_new_connection(*seg(2.0, forward, SYN, 7000))
+    assert not conn.is_new_connection(*seg(2.0, forward, SYN, 6999))  # seq-1 is its base
+    assert not conn.is_new_connection(*seg(2.0, not forward, SYN, 123))  # no base: never
+    conn.update(*seg(3.0, forward, ACK, 7100, 0xFFFFFFFF, 0))  # the other base: ack-1
+    assert conn.is_new_connection(*seg(4.0, not forward, SYN, 0xFFFFFFFF))
+    assert not conn.is_new_connection(*seg(4.0, not forward, SYN, 0xFFFFFFFE))
+    assert not conn.is_new_connection(*seg(4.0, forward, SYN, 6999))
+
+
 def test_sequence_numbers_wrap() -> None:
     conn = TcpConnection()
     isn = 0xFFFFFF00
