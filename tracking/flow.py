@@ -30,7 +30,9 @@ class TcpAnalyzer(Protocol):
     """What the flow tracker needs from the per-connection TCP analysis (tracking/tcp_state)."""
 
     state: str
-    closed: bool
+
+    @property
+    def closed(self) -> bool: ...
 
     def update(self, pkt: ParsedPacket, forward: bool) -> int: ...
 
