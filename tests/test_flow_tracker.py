@@ -138,3 +138,25 @@ def test_a_live_flow_costs_one_object_and_one_table_entry() -> None:
     # Flow object 176 B, key tuple 80 B, table entry ~30 B here: 286 B (before the endpoints
     # became the key and the verdict one shared object: 342 B)
     assert per_flow < 310, f"{per_flow:.0f} bytes per live flow in the flow table"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 255), st.integers(0, 0x1FF)),
+                min_size=1, max_size=60))
+def test_each_way_keeps_its_last_ttl_and_every_flag_it_sent(spec) -> None:
+    """The flow's TTL and flag fields per direction against a plain model of the packets."""
+    ft = FlowTracker()
+    model = {True: [0, 0], False: [0, 0]}  # forward?: [last TTL, flags OR]
+    first = True
+    for i, (forward, ttl, flags) in enumerate(spec):
+        fwd = forward or first  # the first packet's sender is the initiator
+        first = False
+        a, b = ("10.0.0.1", "10.0.0.2") if fwd else ("10.0.0.2", "10.0.0.1")
+        p = pkt(float(i), a, 1000 if fwd else 53, b, 53 if fwd else 1000)
+        p.ttl, p.tcp_flags = ttl, flags
+        ft.process(p)
+        model[fwd][0] = ttl
+        model[fwd][1] |= flags
+    (flow,) = ft.snapshot()
+    assert (flow.ttl_sent, flow.flags_sent) == tuple(model[True])
+    assert (flow.ttl_recv, flow.flags_recv) == tuple(model[False])

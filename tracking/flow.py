@@ -66,6 +66,22 @@ def verdict(category: str, encrypted: bool = False, final: bool = False) -> Verd
 
 UNCLASSIFIED = verdict("")
 
+#: one int object per packed TTL pair or flag pair in use (Flow._ttls, Flow._flags): the pairs
+#: repeat across flows (64/64, 64/128; SYN|ACK|PSH|FIN each way), so flows share them instead of
+#: each holding an int (a value over 256 is an object of its own). Past _SHARE_MAX values a new
+#: one is not kept: the flow then holds its own int, which is only a little memory.
+_SHARED_INTS: dict[int, int] = {}
+_SHARE_MAX = 4096
+
+
+def _share(v: int) -> int:
+    s = _SHARED_INTS.get(v)
+    if s is None:
+        if len(_SHARED_INTS) >= _SHARE_MAX:
+            return v
+        s = _SHARED_INTS[v] = v
+    return s
+
 
 class Flow:
     """One conversation. ``src`` is the initiator; *_sent counts src->dst, *_recv dst->src.
@@ -77,7 +93,7 @@ class Flow:
     """
 
     __slots__ = ("key", "first_seen", "last_seen", "packets_sent", "packets_recv", "bytes_sent",
-                 "bytes_recv", "ttl_sent", "ttl_recv", "flags_sent", "flags_recv", "tcp",
+                 "bytes_recv", "_ttls", "_flags", "tcp",
                  "verdict", "retired", "_key", "dpi", "svc")
 
     def __init__(self, proto: int, src_ip: str, src_port: int, dst_ip: str, dst_port: int,
@@ -94,10 +110,10 @@ class Flow:
         self.packets_recv = packets_recv
         self.bytes_sent = bytes_sent
         self.bytes_recv = bytes_recv
-        self.ttl_sent = ttl_sent
-        self.ttl_recv = ttl_recv
-        self.flags_sent = flags_sent
-        self.flags_recv = flags_recv
+        #: last TTL/hop limit each way, ttl_sent | ttl_recv << 8 (a shared int, see _share)
+        self._ttls = _share(ttl_sent | ttl_recv << 8)
+        #: TCP flags seen each way, flags_sent | flags_recv << 9 (a shared int)
+        self._flags = _share(flags_sent | flags_recv << 9)
         self.tcp = tcp
         #: the classifier's verdict (category, encrypted, final): one shared object per combination
         self.verdict = verdict
@@ -133,6 +149,24 @@ class Flow:
     @property
     def dst_port(self) -> int:
         return self.key[4]
+
+    @property
+    def ttl_sent(self) -> int:
+        """TTL/hop limit of the initiator's last packet (0: none yet)."""
+        return self._ttls & 0xFF
+
+    @property
+    def ttl_recv(self) -> int:
+        return self._ttls >> 8
+
+    @property
+    def flags_sent(self) -> int:
+        """TCP flags the initiator has sent (OR of its packets' flags, 9 bits)."""
+        return self._flags & 0x1FF
+
+    @property
+    def flags_recv(self) -> int:
+        return self._flags >> 9
 
     def __repr__(self) -> str:
         p, a, ap, b, bp = self.key
@@ -341,18 +375,27 @@ class FlowTracker:
             self._retire(flow, "closed" if tcp.closed else "reused")
             flow, fwd = self._new_flow(pkt, src, sport, dst, dport)
             tcp = flow.tcp
-        # _account, inlined: this runs for every packet
+        # _account, inlined: this runs for every packet. TTLs and flags rarely change within a
+        # flow, so their packed ints are only remade when they do.
         ts = pkt.ts
+        ttl = pkt.ttl
+        fl = pkt.tcp_flags
         if fwd:
             flow.packets_sent += 1
             flow.bytes_sent += pkt.wire_len
-            flow.ttl_sent = pkt.ttl
-            flow.flags_sent |= pkt.tcp_flags
+            v = flow._ttls
+            if v & 0xFF != ttl:
+                flow._ttls = _share(v & 0xFF00 | ttl)
         else:
             flow.packets_recv += 1
             flow.bytes_recv += pkt.wire_len
-            flow.ttl_recv = pkt.ttl
-            flow.flags_recv |= pkt.tcp_flags
+            v = flow._ttls
+            if v >> 8 != ttl:
+                flow._ttls = _share(v & 0xFF | ttl << 8)
+            fl <<= 9
+        v = flow._flags
+        if v | fl != v:
+            flow._flags = _share(v | fl)
         if ts > flow.last_seen:
             flow.last_seen = ts
         if frag:  # a first fragment: no TCP analysis (its header may be cut), as in _account
@@ -367,13 +410,13 @@ class FlowTracker:
         if fwd:
             flow.packets_sent += 1
             flow.bytes_sent += pkt.wire_len
-            flow.ttl_sent = pkt.ttl
-            flow.flags_sent |= pkt.tcp_flags
+            flow._ttls = _share(flow._ttls & 0xFF00 | pkt.ttl)
+            flow._flags = _share(flow._flags | pkt.tcp_flags)
         else:
             flow.packets_recv += 1
             flow.bytes_recv += pkt.wire_len
-            flow.ttl_recv = pkt.ttl
-            flow.flags_recv |= pkt.tcp_flags
+            flow._ttls = _share(flow._ttls & 0xFF | pkt.ttl << 8)
+            flow._flags = _share(flow._flags | pkt.tcp_flags << 9)
         if pkt.ts > flow.last_seen:
             flow.last_seen = pkt.ts
         tcp = flow.tcp
