@@ -215,15 +215,15 @@ class _Keyed:
     """Holds the state of a flow inspected by key (:meth:`FlowInspector.inspect`), with the
     flow fields the inspector reads (the initiator is the client)."""
 
-    __slots__ = ("dpi", "proto", "src_ip", "src_port", "dst_port")
+    __slots__ = ("dpi", "key", "src_ip")
 
     def __init__(self, pkt: ParsedPacket, forward: bool) -> None:
         self.dpi: _FlowState | None = None
-        self.proto = pkt.proto
         if forward:
-            self.src_ip, self.src_port, self.dst_port = pkt.src_ip, pkt.sport, pkt.dport
+            self.key = (pkt.proto, pkt.src_ip, pkt.sport, pkt.dst_ip, pkt.dport)
         else:
-            self.src_ip, self.src_port, self.dst_port = pkt.dst_ip, pkt.dport, pkt.sport
+            self.key = (pkt.proto, pkt.dst_ip, pkt.dport, pkt.src_ip, pkt.sport)
+        self.src_ip = self.key[1]
 
 
 #: TCP flags byte -> whether it needs a look beyond the per-packet checks (a suspicious
@@ -549,13 +549,15 @@ class FlowInspector:
                 n = self.stream_bytes
             off = pkt.payload_offset
             data = pkt.data[off:off + n]
-            app = apps.identify(data, PROTO_TCP, forward, flow.src_port, flow.dst_port)
+            key = flow.key  # (proto, src, sport, dst, dport): one read, not two properties
+            app = apps.identify(data, PROTO_TCP, forward, key[2], key[4])
             if app == apps.UNDECIDED or app == apps.TLS or app == apps.HTTP:
                 return False
         elif proto == PROTO_UDP:
             off = pkt.payload_offset
             data = pkt.data[off:off + pkt.payload_len]
-            app = apps.identify(data, PROTO_UDP, forward, flow.src_port, flow.dst_port)
+            key = flow.key
+            app = apps.identify(data, PROTO_UDP, forward, key[2], key[4])
             if app == apps.QUIC and is_long_header(data):
                 return False
         else:
@@ -633,14 +635,15 @@ class FlowInspector:
         lb = st.labels
         if lb.app is None or lb.app == apps.UNKNOWN:
             st.labels = _labels(app, lb.client_os, lb.server_os, lb.ttl_rule)
-            if apps.is_mismatch(app, flow.proto, flow.dst_port, flow.src_port):
+            proto, _, sport, _, dport = flow.key
+            if apps.is_mismatch(app, proto, dport, sport):
                 self._rich(st, flow).mismatch = True
-                self._flag(st, flow, "port_mismatch", f"{app} on {flow.dst_port}")
+                self._flag(st, flow, "port_mismatch", f"{app} on {dport}")
 
     def _run_stream(self, st: _FlowState, flow: Any, d: _Dir, forward: bool) -> None:
         if d.mode == _CLASSIFY:
-            app = apps.identify(bytes(d.buf[:64]), PROTO_TCP, forward, flow.src_port,
-                                flow.dst_port)
+            key = flow.key
+            app = apps.identify(bytes(d.buf[:64]), PROTO_TCP, forward, key[2], key[4])
             if app == apps.UNDECIDED:
                 d.datagrams += 1
                 if d.datagrams >= UNDECIDED_SEGMENTS:
@@ -748,7 +751,8 @@ class FlowInspector:
                   forward: bool) -> None:
         d.datagrams += 1
         if d.mode == _CLASSIFY:
-            app = apps.identify(data, PROTO_UDP, forward, flow.src_port, flow.dst_port)
+            key = flow.key
+            app = apps.identify(data, PROTO_UDP, forward, key[2], key[4])
             self._set_app(st, flow, app)
             if app == apps.QUIC and is_long_header(data):
                 d.mode = _QUIC
@@ -781,7 +785,8 @@ class FlowInspector:
 
 def _new_facts(flow: Any) -> DpiFacts:
     """An empty record for a flow, with the registered service of its responder's port."""
-    return DpiFacts(port_guess=apps.port_guess(flow.proto, flow.dst_port, flow.src_port))
+    proto, _, sport, _, dport = flow.key
+    return DpiFacts(port_guess=apps.port_guess(proto, dport, sport))
 
 
 def _multi_party(client_ip: str, server_ip: str) -> bool:

@@ -145,7 +145,7 @@ class ConnectionGraph:
 
     def on_new_flow(self, flow: Flow) -> None:
         """Count a new edge when a flow joins two hosts that had none (initiator -> responder)."""
-        src, dst = flow.src_ip, flow.dst_ip
+        _, src, _, dst, _ = flow.key
         pairs = self._pairs
         known = pairs.get(src)
         if known is None:

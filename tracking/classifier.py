@@ -310,7 +310,7 @@ class TrafficClassifier:
             head = pkt.data[off:off + (n if n < 260 else 260)]
             # Only a strong result replaces the one made; it needs a strong signature, or
             # plain HTTP (strong on an HTTPS port): anything else leaves the flow as it is.
-            sig = _signature(flow.proto, head, n)
+            sig = _signature(pkt.proto, head, n)
             if sig is None or not (sig[2] or sig[0] == WEB):
                 return
         elif n:
@@ -318,8 +318,8 @@ class TrafficClassifier:
             head = pkt.data[off:off + (n if n < 260 else 260)]
         else:
             head = b""
-        cat, enc, strong = _classify_head(flow.proto, flow.src_port, flow.dst_port, head, n,
-                                          None)
+        proto, _, sport, _, dport = flow.key  # (the endpoints are properties over it)
+        cat, enc, strong = _classify_head(proto, sport, dport, head, n, None)
         if strong or not cls:
             flow.verdict = verdict(cat, enc, strong)
 

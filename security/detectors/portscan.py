@@ -320,7 +320,7 @@ class PortScanDetector:
             hkey = (src, proto, dport)
             if hkey in self._horizontal or hkey in self._seen_h:
                 return False
-        if first is not None and _FLOW_KIND.get(first.proto) == kind:
+        if first is not None and _FLOW_KIND.get(first.key[0]) == kind:
             solo[src] = first
         else:
             solo[src] = (ts, dst, proto, dport, kind)
@@ -460,23 +460,24 @@ class PortScanDetector:
 
 def _v_seen(flow: Flow) -> tuple[float, int, int]:
     """The (ts, port target, kind) of _seen_v a TCP or UDP flow's first packet was."""
-    proto = flow.proto
+    proto, _, _, _, dport = flow.key  # (one read: the endpoints are properties over it)
     if proto == PROTO_TCP:
-        return flow.first_seen, flow.dst_port, K_SYN
-    return flow.first_seen, flow.dst_port | _UDP_BIT, K_UDP
+        return flow.first_seen, dport, K_SYN
+    return flow.first_seen, dport | _UDP_BIT, K_UDP
 
 
 def _h_seen(flow: Flow) -> tuple[float, str, int]:
     """The (ts, host, kind) of _seen_h a flow's first packet was."""
-    return flow.first_seen, flow.dst_ip, _FLOW_KIND[flow.proto]
+    proto, _, _, dst, _ = flow.key
+    return flow.first_seen, dst, _FLOW_KIND[proto]
 
 
 def _from_flow(flow: Flow) -> tuple[float, str, int, int, int]:
     """The probe a flow's first packet was (see PortScanDetector._solo_probe)."""
-    proto = flow.proto
+    proto, _, _, dst, dport = flow.key
     if proto == PROTO_TCP or proto == PROTO_UDP:
-        return flow.first_seen, flow.dst_ip, proto, flow.dst_port, _FLOW_KIND[proto]
-    return flow.first_seen, flow.dst_ip, PROTO_ICMP, 8, K_ICMP
+        return flow.first_seen, dst, proto, dport, _FLOW_KIND[proto]
+    return flow.first_seen, dst, PROTO_ICMP, 8, K_ICMP
 
 
 def _is_group(ip: str) -> bool:
