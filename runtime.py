@@ -6,8 +6,6 @@ constructed here and passed in, so the pieces below never reach for globals.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 import threading
 import time

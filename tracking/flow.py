@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
 from capture.packet import (
-    ACK, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RST, SYN, ParsedPacket,
+    ACK, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SYN, ParsedPacket,
     proto_name,
 )
 from config import FLOW_HISTORY_LIMIT, FLOW_TIMEOUT, MAX_FLOWS, TCP_CLOSE_LINGER
