@@ -31,6 +31,7 @@ CAPTURE_BATCH_SIZE = 1024         # packets per libpcap next_batch call
 CAPTURE_TIMEOUT_MS = 100          # libpcap read timeout (ms)
 CAPTURE_BUFFER_MB = 64            # kernel ring size
 CAPTURE_QUEUE_SIZE = 256          # batches queued between sniffer and pipeline
+FILE_READ_JOBS = 0                # processes reading a file headless: 1, 2, or 0 = 2 for big files
 PROMISCUOUS = True
 WRITE_MAX_MB = 0                  # rotate -w files at this size (0 = never)
 
@@ -132,6 +133,7 @@ LOG_BACKUPS = 3
 GROUPS: dict[str, tuple[str, ...]] = {
     "capture": ("DEFAULT_INTERFACE", "CAPTURE_FILTER", "SNAP_LENGTH", "CAPTURE_BATCH_SIZE",
                 "CAPTURE_TIMEOUT_MS", "CAPTURE_BUFFER_MB", "CAPTURE_QUEUE_SIZE", "PROMISCUOUS",
+                "FILE_READ_JOBS",
                 "WRITE_MAX_MB"),
     "geo": ("GEO_ENABLED", "GEO_ONLINE", "GEO_API_URL", "GEO_API_BATCH_URL", "GEO_API_RATE_LIMIT",
             "GEO_CACHE_SIZE", "GEO_CACHE_TTL", "GEO_MMDB_PATHS", "WHOIS_ENABLED", "WHOIS_SERVER",
@@ -296,6 +298,8 @@ def _validate(v: dict[str, Any]) -> None:
     for name in positive:
         if v[name] <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {v[name]}")
+    if v["FILE_READ_JOBS"] not in (0, 1, 2):
+        raise ConfigError(f"FILE_READ_JOBS must be 0 (automatic), 1 or 2, got {v['FILE_READ_JOBS']}")
     if v["REFRESH_RATE"] <= 0 or v["REFRESH_RATE"] > 10:
         raise ConfigError(f"REFRESH_RATE must be in (0, 10] seconds, got {v['REFRESH_RATE']}")
     if v["TRACE_METHOD"] not in ("icmp", "udp", "tcp"):

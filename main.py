@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("-f", "--filter", dest="bpf", help="BPF capture filter, e.g. 'tcp port 443'")
     src.add_argument("-r", "--read", metavar="FILE", help="read a pcap/pcapng (optionally gzip'd) file instead of capturing")
     src.add_argument("--realtime", action="store_true", help="with -r: replay at the original pace")
+    src.add_argument("--jobs", type=int, choices=(1, 2), metavar="N",
+                     help="with -r --no-ui: processes reading the file (default: 2 for files of "
+                          "16 MiB or more on a machine with two cores)")
     src.add_argument("-w", "--write", metavar="FILE", help="save captured packets to a pcapng file")
     src.add_argument("--write-max-mb", type=int, metavar="MB", help="rotate -w files at this size")
     src.add_argument("-c", "--count", type=int, default=0, metavar="N", help="stop after N packets")
@@ -84,6 +87,8 @@ def cli_overrides(args: argparse.Namespace) -> dict:
         o["DEFAULT_INTERFACE"] = args.interface
     if args.bpf is not None:
         o["CAPTURE_FILTER"] = args.bpf
+    if args.jobs is not None:
+        o["FILE_READ_JOBS"] = args.jobs
     if args.write_max_mb is not None:
         o["WRITE_MAX_MB"] = args.write_max_mb
     if args.no_geo:

@@ -93,6 +93,9 @@ class Pipeline:
         self.exclude_needed: Callable[[], bool] | None = None
         self.periodic = list(periodic)
         self.pcap_writer = writer
+        #: called by :meth:`run` with each batch before it is processed (the packet-side process
+        #: of a file read is told how far to go)
+        self.batch_taps: list[Callable[[list[RawFrame]], None]] = []
         self.track_inner = on_packet_inner
         self.counters = PipelineCounters()
         self.paused = threading.Event()
@@ -201,6 +204,8 @@ class Pipeline:
                     time.sleep(0.05)
                 if self.pcap_writer is not None:
                     self.pcap_writer.write(batch)
+                for tap in self.batch_taps:
+                    tap(batch)
                 self.process_frames(batch)
                 # A live capture's queued packets are already off the wire: process them (the
                 # source stops reading and ends the stream). A file can simply stop here.

@@ -23,6 +23,7 @@ from export.document import build_document
 from export.json_exporter import write_json
 from export.csv_exporter import write_flows_csv
 from pipeline import Pipeline
+from sidecar import Sidecar, build_packet_side, jobs_for
 from tracking.flow import FlowTracker
 from utils.format import human_bytes
 from utils.logger import get_logger
@@ -64,7 +65,12 @@ class Runtime:
         if settings.DB_ENABLED:
             self._open_database()
         self._build_paths()
-        self.pipeline.exclude, self.pipeline.exclude_needed = self._own_traffic_filter()
+        if self.source_kind == "live":  # a file holds none of our probes or lookups
+            self.pipeline.exclude, self.pipeline.exclude_needed = self._own_traffic_filter()
+        #: the second process of a headless file read (run_headless starts it)
+        self.sidecar: Sidecar | None = None
+        #: processes the run took, for the summary of a file read ("2", "1 (why)")
+        self.processes = "1"
 
     def _build_paths(self) -> None:
         """The traceroute engine (Paths view, -t): database-backed when a session is stored."""
@@ -246,6 +252,8 @@ class Runtime:
         else:
             sys.stderr.write(f"packettracer: reading {self.source.description}\n")
         sys.stderr.flush()
+        if self.source_kind == "file" and not self.args.realtime:
+            self._start_sidecar()
         self.start_capture()
         self.wait_capture()
         self.shutdown()
@@ -253,6 +261,19 @@ class Runtime:
         if self.source is not None and self.source.error is not None:
             raise RuntimeError_(f"capture on {self.source.description} failed: {self.source.error}")
         return 0
+
+    def _start_sidecar(self) -> None:
+        """Read the file in two processes when that pays (sidecar.py): the packet-side trackers
+        leave this pipeline for the other process."""
+        if jobs_for(self.args.read, self.settings.FILE_READ_JOBS) < 2:
+            return
+        side = self.components.packet_side
+        s = self.settings
+        self.sidecar = Sidecar(self.args.read, s, self.args.count, s.CAPTURE_BATCH_SIZE)
+        p = self.pipeline
+        p.stages = [f for f in p.stages if f not in side.stages]
+        p.batch_stages = [f for f in p.batch_stages if f not in side.batch_stages]
+        p.batch_taps.append(self.sidecar.tap)
 
     def shutdown(self) -> None:
         """Stop capture, retire flows, write exports. Safe to call twice."""
@@ -262,6 +283,10 @@ class Runtime:
         self.stop.set()
         if self._worker is not None:
             self._worker.join(5.0)
+        if self.sidecar is not None:
+            # before finish(): the retiring flows' chores and the exports read the whole side
+            with self.flows.lock:
+                self.processes = self.sidecar.join_into(self.components.packet_side)
         self.pipeline.finish()
         for closer in self.components.on_finish:
             closer()
@@ -274,6 +299,8 @@ class Runtime:
             write_flows_csv(self.export_flows(), self.args.export_csv)
 
     def close(self) -> None:
+        if self.sidecar is not None:
+            self.sidecar.close()
         for closer in self.components.on_close:
             closer()
         if self.pool is not None:
@@ -335,6 +362,8 @@ class Runtime:
         out.write(f"flows:     {m['flows']}\n")
         if m["dropped"]:
             out.write(f"dropped:   {m['dropped']}\n")
+        if self.source_kind == "file":
+            out.write(f"processes: {self.processes}\n")
         protos = self.components.stats().get("protocols", {})
         if protos:
             top = sorted(protos.items(), key=lambda kv: kv[1], reverse=True)[:8]
@@ -371,6 +400,8 @@ class Components:
     paths: Any = None
     # export wiring (export/): device inventory, packet ring for -w of selected flows, IPFIX
     devices: Any = None
+    #: packet stats, hops, DNS and devices: the trackers a second process may run (sidecar.py)
+    packet_side: Any = None
     packet_ring: Any = None
     ipfix: Any = None
     devices_lock: Any = None
@@ -416,23 +447,18 @@ def build_components(settings: Settings, flows: FlowTracker,
     from geo.enrich import build_enricher
     from security.monitor import SecurityMonitor
     from tracking.classifier import TrafficClassifier
-    from tracking.hops import HopAnalyzer
-    from tracking.packet_stats import PacketAnalyzer
     from tracking.ports import PortTracker
     from tracking.tcp_totals import TcpTotals
 
     lock = flows.lock  # one lock: the pipeline holds it per batch, readers per snapshot
     c = Components()
-    c.packet_stats = PacketAnalyzer(lock=lock)
+    c.packet_side = side = build_packet_side(settings, lock)
+    c.packet_stats, c.hops, c.dns, c.devices = side.packet_stats, side.hops, side.dns, side.devices
     c.ports = PortTracker(settings.ALERTS_PORT_SCAN_THRESHOLD, settings.ALERTS_SCAN_RATE, lock=lock)
-    c.hops = HopAnalyzer(lock=lock)
     c.classifier = TrafficClassifier(lock=lock)
     c.inspector = FlowInspector()
-    c.dns = _dns_tracker(settings)
-    c.batch_stages = [c.packet_stats.process_batch]
-    c.stages = [c.hops.process]
-    if c.dns is not None:
-        c.stages.append(c.dns.process)
+    c.batch_stages = list(side.batch_stages)
+    c.stages = list(side.stages)
     c.security = SecurityMonitor.from_settings(settings)
     c.security.attach(flows)  # its IP detections run as a flow stage; its graph reads flows
     c.batch_stages.append(c.security.process_batch)
@@ -460,7 +486,10 @@ def build_components(settings: Settings, flows: FlowTracker,
         f.tcp for f in flows.snapshot() if f.tcp is not None).as_dict()
 
     passive = c.dns.passive_names if c.dns is not None else None
-    c.enricher = build_enricher(settings, passive_lookup=passive)
+    # A headless run looks places up only for its exports at the end: loading the database in
+    # a thread now would take CPU from the packets (~0.4 s).
+    c.enricher = build_enricher(settings, passive_lookup=passive,
+                                warm=not getattr(args, "no_ui", False))
     c.flow_enrichers.append(c.enricher.flow_fields)
     c.on_close.append(c.enricher.close)
     _wire_exports(c, settings, flows, args)
@@ -470,16 +499,15 @@ def build_components(settings: Settings, flows: FlowTracker,
 def _wire_exports(c: Components, settings: Settings, flows: FlowTracker,
                   args: argparse.Namespace | None) -> None:
     """Devices (stage, db, export section), the packet ring, and IPFIX when asked for."""
-    from analysis.devices import DeviceInventory
     from export.devices import attach_device_persistence
     from export.packet_ring import DEFAULT_FRAMES, DEFAULT_MB, PacketRing
 
-    c.devices = DeviceInventory()
     c.devices_lock = flows.lock
-    c.stages.append(c.devices.observe)
     c.on_database.append(lambda writer, periodic: attach_device_persistence(c, writer, periodic))
     frames = settings.get("PACKET_RING_FRAMES", DEFAULT_FRAMES)
-    if frames > 0:
+    # Only the dashboard saves a selected flow's packets: a headless run keeps no ring (on
+    # bench-1m the ring cost ~3 us a packet, mostly in keeping 50k frames alive).
+    if frames > 0 and not getattr(args, "no_ui", False):
         c.packet_ring = PacketRing(frames, settings.get("PACKET_RING_MB", DEFAULT_MB) * 1024 * 1024,
                                    lock=flows.lock)
         c.frame_sinks.append(c.packet_ring.add_batch)
@@ -492,9 +520,3 @@ def _wire_exports(c: Components, settings: Settings, flows: FlowTracker,
             raise RuntimeError_(str(exc)) from None
 
 
-def _dns_tracker(settings: Settings) -> Any:
-    try:
-        from tracking.dns_tracker import DNSTracker
-    except ImportError:  # the DNS tracker is optional until it lands
-        return None
-    return DNSTracker(max_records=settings.DNS_MAX_RECORDS)

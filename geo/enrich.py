@@ -125,10 +125,11 @@ class Enricher:
 
 def build_enricher(settings: Any, passive_lookup: Callable[[str], list[str]] | None = None,
                    geo_store: Any = None, dns_store: Any = None,
-                   private_nets: tuple[str, ...] = ()) -> Enricher:
+                   private_nets: tuple[str, ...] = (), warm: bool = True) -> Enricher:
     """The Enricher a run's settings ask for (``GEO_ENABLED``, ``GEO_ONLINE``,
     ``DNS_RDNS_ENABLED``, ``WHOIS_ENABLED`` ...). ``--offline`` / ``--no-geo`` turn the
-    online parts off, so nothing is sent."""
+    online parts off, so nothing is sent. ``warm`` loads the offline database now, in a
+    thread, for a screen that shows places from the start; without it the first lookup loads it."""
     s = settings
     geo = None
     if s.GEO_ENABLED:
@@ -136,7 +137,8 @@ def build_enricher(settings: Any, passive_lookup: Callable[[str], list[str]] | N
                           rate_per_min=s.GEO_API_RATE_LIMIT, store=geo_store,
                           mmdb_paths=tuple(s.GEO_MMDB_PATHS), cache_size=s.GEO_CACHE_SIZE,
                           cache_ttl=s.GEO_CACHE_TTL, persist_ttl=s.DB_GEO_CACHE_TTL)
-        geo.offline.warm()
+        if warm:
+            geo.offline.warm()
     # --no-geo promises that nothing is sent for resolution: PTR queries included.
     names = DNSResolver(passive_lookup, rdns=s.GEO_ENABLED and s.DNS_RDNS_ENABLED, timeout=s.DNS_TIMEOUT,
                         workers=s.DNS_RDNS_WORKERS, store=dns_store, private_nets=private_nets,
