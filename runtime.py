@@ -269,7 +269,8 @@ class Runtime:
             return
         side = self.components.packet_side
         s = self.settings
-        self.sidecar = Sidecar(self.args.read, s, self.args.count, s.CAPTURE_BATCH_SIZE)
+        self.sidecar = Sidecar(self.args.read, s, self.args.count, s.CAPTURE_BATCH_SIZE,
+                               getattr(self.args, "verbose", 0))
         p = self.pipeline
         p.stages = [f for f in p.stages if f not in side.stages]
         p.batch_stages = [f for f in p.batch_stages if f not in side.batch_stages]

@@ -16,6 +16,7 @@ this process reads the file again up to the same frame and runs the packet side 
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import signal
@@ -23,6 +24,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -31,7 +33,7 @@ from capture.packet import ParsedPacket
 from capture.reader import RawFrame
 from capture.sniffer import FileSource
 from config import Settings
-from utils.logger import get_logger
+from utils.logger import get_logger, setup_logging
 
 log = get_logger(__name__)
 
@@ -136,21 +138,25 @@ def run_packet_side(side: PacketSide, batches: Iterable[list[RawFrame]],
     ``allowed(n)`` answers how many frames in all may be processed when ``n`` would be wanted: at
     least ``n`` to go on, fewer (or None when the count is open) to stop at that frame.
     """
-    from pipeline import Pipeline
+    from pipeline import Pipeline, restore_gc, tune_gc
     pipeline = Pipeline(_NoFlows(), stages=side.stages,  # type: ignore[arg-type]
                         batch_stages=side.batch_stages)
     done = 0
-    for batch in batches:
-        want = done + len(batch)
-        limit = allowed(want)
-        if limit is not None and limit < want:
-            batch = batch[:max(0, limit - done)]
-            want = limit
-        if batch:
-            pipeline.process_frames(batch)
-        done = want
-        if limit is not None and limit <= done:
-            break
+    gc_before = tune_gc()  # as Pipeline.run does for the flow side
+    try:
+        for batch in batches:
+            want = done + len(batch)
+            limit = allowed(want)
+            if limit is not None and limit < want:
+                batch = batch[:max(0, limit - done)]
+                want = limit
+            if batch:
+                pipeline.process_frames(batch)
+            done = want
+            if limit is not None and limit <= done:
+                break
+    finally:
+        restore_gc(gc_before)
     pipeline.finish()
     return done
 
@@ -161,7 +167,9 @@ def child_main() -> None:
     # Ctrl+C reaches the whole process group; the parent decides when this side stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    path, values, count, batch_size = pickle.load(stdin)
+    path, values, count, batch_size, verbosity = pickle.load(stdin)
+    # the run's log file, appended to and never rotated from here (the parent rotates it)
+    setup_logging(values["LOG_FILE"], verbosity, max_bytes=0)
     told = [0, False]  # frames the parent has started on, and whether it has ended
 
     def allowed(want: int) -> int | None:
@@ -187,12 +195,16 @@ def child_main() -> None:
         stdout.flush()
     except OSError:  # the parent is gone and with it any use for the result
         pass
+    # The parent waits for this process to end: skip freeing every object one by one.
+    logging.shutdown()
+    os._exit(0)
 
 
 class Sidecar:
     """This process's end of the second process: tap every batch, then :meth:`join_into`."""
 
-    def __init__(self, path: str, settings: Settings, count: int, batch_size: int) -> None:
+    def __init__(self, path: str, settings: Settings, count: int, batch_size: int,
+                 verbosity: int = 0) -> None:
         self.path = path
         self.count = count
         self.batch_size = batch_size
@@ -207,7 +219,8 @@ class Sidecar:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=str(ROOT))
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._to, self._from = self._proc.stdin, self._proc.stdout
-        self._send(pickle.dumps((path, dict(settings.values), count, batch_size)))
+        self._send(pickle.dumps((path, dict(settings.values), count, batch_size, verbosity)))
+        log.info("reading %s in two processes: the packet side runs in pid %d", path, self._proc.pid)
 
     def _send(self, data: bytes) -> None:
         if self.error is None:
@@ -226,9 +239,12 @@ class Sidecar:
         """End the run at the frames processed here and take the other process's results into
         ``side``; returns the processes it took, for the summary: "2", or "1 (why)" when the
         packet side had to run here again."""
+        t = time.perf_counter()
         state = self._collect()
         if state is not None:
             side.adopt(state)
+            log.info("packet side of %d frames taken over from pid %d in %.2f s", self.sent,
+                     self._proc.pid, time.perf_counter() - t)
             return "2"
         log.warning("%s; running the packet side in this process", self.error)
         if self.sent:

@@ -18,8 +18,9 @@ fixed budget, not a per-flow cost: its share is measured by emptying it at the e
 on its own line, and left out of the per-flow figure. ``--top`` lists the source lines holding
 the most memory (all trackers), to see where the bytes go.
 
-These runs have no dashboard and no database (``--no-ui --no-db``). Both ask every live flow for
-its key string, which the flow then keeps: the "+ flow keys" line shows what that adds.
+These runs build the trackers as a dashboard run does (packet ring included) but draw nothing,
+and have no database (``--no-db``). The dashboard and the database ask every live flow for its
+key string, which the flow then keeps: the "+ flow keys" line shows what that adds.
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def measure(path: Path, full: bool, top: int = 0) -> tuple[int, int, int, int, i
     import main
     from capture.reader import CaptureFile
     from runtime import Runtime
-    args = main.build_parser().parse_args(["-r", str(path), "--no-ui", "--no-db", "--offline"])
+    # as the dashboard runs (a headless run keeps no packet ring): the ring is measured apart
+    args = main.build_parser().parse_args(["-r", str(path), "--no-db", "--offline"])
     settings = config.load_settings(main.cli_overrides(args))
     rt = Runtime(settings, args, threading.Event())
     if not full:

@@ -32,8 +32,11 @@ def timed(cmd: list[str]) -> tuple[float, int]:
 
 
 def timed_tree(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and the peak of the summed RSS (KiB) of a command and its child processes
-    (a headless file read runs its packet side in a second process), sampled every 50 ms."""
+    """Wall seconds and the peak RSS (KiB) of a command with its child processes (a headless
+    file read runs its packet side in a second process), sampled every 50 ms.
+
+    Both processes map the capture file: its pages are resident once but appear in each
+    process's RSS, so shared pages are counted once (the largest process's), the rest summed."""
     import psutil
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -41,7 +44,8 @@ def timed_tree(cmd: list[str]) -> tuple[float, int]:
     peak = 0
     while proc.poll() is None:
         try:
-            rss = sum(p.memory_info().rss for p in [top, *top.children(recursive=True)])
+            mems = [p.memory_info() for p in [top, *top.children(recursive=True)]]
+            rss = sum(m.rss - m.shared for m in mems) + max(m.shared for m in mems)
         except psutil.Error:  # a process ended between the listing and the reading
             rss = 0
         peak = max(peak, rss)
