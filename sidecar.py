@@ -206,7 +206,6 @@ class Sidecar:
     def __init__(self, path: str, settings: Settings, count: int, batch_size: int,
                  verbosity: int = 0) -> None:
         self.path = path
-        self.count = count
         self.batch_size = batch_size
         self.sent = 0
         self.error: str | None = None
@@ -216,7 +215,7 @@ class Sidecar:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "import sidecar; sidecar.child_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=str(ROOT))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._to, self._from = self._proc.stdin, self._proc.stdout
         self._send(pickle.dumps((path, dict(settings.values), count, batch_size, verbosity)))
@@ -275,7 +274,3 @@ class Sidecar:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid

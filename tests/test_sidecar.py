@@ -50,10 +50,13 @@ def test_every_capture_exports_the_same_in_two_processes(tmp_path: Path) -> None
 
 def test_summary_names_the_second_process(tmp_path: Path) -> None:
     capture = next(p for p in READABLE if p.name.startswith("dns-dnscat"))
-    cmd = [sys.executable, str(ROOT / "main.py"), "-r", str(capture), "--no-ui", "--no-db",
+    # a path relative to where the user is (the second process must read the same file)
+    cmd = [sys.executable, str(ROOT / "main.py"), "-r", capture.name, "--no-ui", "--no-db",
            "--offline", "--log-file", str(tmp_path / "log")]
-    two = subprocess.run(cmd + ["--jobs", "2"], capture_output=True, text=True, timeout=60)
-    one = subprocess.run(cmd + ["--jobs", "1"], capture_output=True, text=True, timeout=60)
+    two = subprocess.run(cmd + ["--jobs", "2"], capture_output=True, text=True, timeout=60,
+                         cwd=capture.parent)
+    one = subprocess.run(cmd + ["--jobs", "1"], capture_output=True, text=True, timeout=60,
+                         cwd=capture.parent)
     assert two.returncode == one.returncode == 0
     assert "processes: 2" in two.stdout
     assert "processes: 1" in one.stdout
