@@ -161,12 +161,13 @@ def run_packet_side(side: PacketSide, batches: Iterable[list[RawFrame]],
     return done
 
 
-def child_main() -> None:
-    """The second process (``python -c 'import sidecar; sidecar.child_main()'``): the packet side
-    over the file the parent reads, paced by the counts on stdin; the result goes to stdout."""
+def child_main(result_fd: int) -> None:
+    """The second process (``python -c 'import sidecar; sidecar.child_main(FD)'``): the packet
+    side over the file the parent reads, paced by the counts on stdin; the result goes to the
+    pipe ``result_fd`` (not stdout, where a stray line from any library would spoil it)."""
     # Ctrl+C reaches the whole process group; the parent decides when this side stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin = sys.stdin.buffer
     path, values, count, batch_size, verbosity = pickle.load(stdin)
     # the run's log file, appended to and never rotated from here (the parent rotates it)
     setup_logging(values["LOG_FILE"], verbosity, max_bytes=0)
@@ -187,12 +188,12 @@ def child_main() -> None:
         run_packet_side(side, source.batches(), allowed)
         while not told[1]:  # the file ended here first: wait for the parent's last count
             allowed(told[0] + 1)
-        result: tuple[str, Any] = ("ok", side.state())
+        payload = pickle.dumps(("ok", side.state()), pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # boundary: the parent runs the packet side itself instead
-        result = ("error", f"{type(exc).__name__}: {exc}")
+        payload = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
     try:
-        pickle.dump(result, stdout, pickle.HIGHEST_PROTOCOL)
-        stdout.flush()
+        with os.fdopen(result_fd, "wb") as out:
+            out.write(payload)
     except OSError:  # the parent is gone and with it any use for the result
         pass
     # The parent waits for this process to end: skip freeing every object one by one.
@@ -213,11 +214,18 @@ class Sidecar:
         # that re-runs the parent's main module, which need not be main.py).
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", "import sidecar; sidecar.child_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._to, self._from = self._proc.stdin, self._proc.stdout
+        read_end, write_end = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", f"import sidecar; sidecar.child_main({write_end})"],
+                stdin=subprocess.PIPE, env=env, pass_fds=(write_end,))
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # the child's copy is the only writer: EOF when it is gone
+        assert self._proc.stdin is not None
+        self._to, self._from = self._proc.stdin, os.fdopen(read_end, "rb")
         self._send(pickle.dumps((path, dict(settings.values), count, batch_size, verbosity)))
         log.info("reading %s in two processes: the packet side runs in pid %d", path, self._proc.pid)
 

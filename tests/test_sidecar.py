@@ -37,12 +37,15 @@ def export(capture: Path, tmp_path: Path, jobs: int, *extra: str) -> tuple[int, 
     return rc, json.loads(out.read_text())
 
 
-def test_every_capture_exports_the_same_in_two_processes(tmp_path: Path) -> None:
+def test_every_capture_exports_the_same_in_two_processes(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     differ = []
     for capture in READABLE:
         rc1, one = export(capture, tmp_path, 1)
         rc2, two = export(capture, tmp_path, 2)
         assert rc1 == rc2 == 0, capture.name
+        # the second run's results came from the second process, not from the fallback
+        assert capsys.readouterr().out.count("processes: 2") == 1, capture.name
         if one != two:
             differ.append((capture.name, [k for k in one if one[k] != two.get(k)]))
     assert differ == []
