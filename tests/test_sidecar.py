@@ -129,6 +129,17 @@ def test_interrupted_run_matches_one_process_over_the_same_packets(tmp_path: Pat
     assert two["flows"] == one["flows"]
 
 
+def test_damaged_file_ends_both_processes_at_the_damage(tmp_path: Path) -> None:
+    big = _big_capture(tmp_path, 60)
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(big.read_bytes()[: big.stat().st_size * 2 // 3])  # mid-block
+    rc1, one = export(cut, tmp_path, 1)
+    rc2, two = export(cut, tmp_path, 2)
+    assert rc1 == rc2 == 0
+    assert two["meta"]["file_damage"] and 0 < two["meta"]["packets"] < 30000
+    assert two == one
+
+
 def test_second_process_killed_midway_still_gives_every_result(tmp_path: Path) -> None:
     big = _big_capture(tmp_path, 120)
     out = tmp_path / "killed.json"
