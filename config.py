@@ -31,7 +31,7 @@ CAPTURE_BATCH_SIZE = 1024         # packets per libpcap next_batch call
 CAPTURE_TIMEOUT_MS = 100          # libpcap read timeout (ms)
 CAPTURE_BUFFER_MB = 64            # kernel ring size
 CAPTURE_QUEUE_SIZE = 256          # batches queued between sniffer and pipeline
-FILE_READ_JOBS = 0                # processes reading a file headless: 1, 2, or 0 = 2 for big files
+FILE_READ_JOBS = 0                # processes reading a file: 1, 2, or 0 = 2 for big files
 PROMISCUOUS = True
 WRITE_MAX_MB = 0                  # rotate -w files at this size (0 = never)
 

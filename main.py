@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("-r", "--read", metavar="FILE", help="read a pcap/pcapng (optionally gzip'd) file instead of capturing")
     src.add_argument("--realtime", action="store_true", help="with -r: replay at the original pace")
     src.add_argument("--jobs", type=int, choices=(1, 2), metavar="N",
-                     help="with -r --no-ui: processes reading the file (default: 2 for files of "
+                     help="with -r: processes reading the file (default: 2 for files of "
                           "16 MiB or more on a machine with two cores)")
     src.add_argument("-w", "--write", metavar="FILE", help="save captured packets to a pcapng file")
     src.add_argument("--write-max-mb", type=int, metavar="MB", help="rotate -w files at this size")

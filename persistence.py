@@ -81,7 +81,7 @@ class SessionRecorder:
                  bpf: str, flows: FlowTracker,
                  row_for: Callable[[Flow], dict[str, Any]],
                  ports_rows: Callable[[], list[dict[str, Any]]] | None = None,
-                 dns_records: Callable[[], list[dict[str, Any]]] | None = None,
+                 dns: Any = None,
                  alert_changes: Callable[[], list[Any]] | None = None) -> None:
         self.pool = pool
         self.sessions = SessionRepository(pool)
@@ -95,9 +95,11 @@ class SessionRecorder:
         self.flows = flows
         self.row_for = row_for
         self.ports_rows = ports_rows
-        self.dns_records = dns_records
+        #: the DNS tracker (``completed_since``, ``pending_records``), None without one
+        self.dns = dns
         self.alert_changes = alert_changes
-        self._dns_sent = 0
+        #: completed DNS records stored so far (the tracker's ``records_total`` then)
+        self._dns_done = 0
         self._last_flush = 0.0       # packet time of the last tick
         self._last_counters = 0.0    # ... of the last tick that sent updates of stored flows
         #: writer backlog (operations) past which a tick sends new flows only
@@ -133,15 +135,28 @@ class SessionRecorder:
             for f in active:
                 if f.last_seen >= since:
                     up(sid, f.as_dict() if f.first_seen >= since_new else counters_row(f))
-        if self.dns_records is not None:
-            recs = self.dns_records()
-            if len(recs) > self._dns_sent:
-                self.writer.add_dns(sid, [_rename(r, DNS_TO_DB) for r in recs[self._dns_sent:]])
-                self._dns_sent = len(recs)
+        self._store_dns(closing=False)
         self._store_alerts()
         if self.ports_rows is not None and time.monotonic() - self._last_ports > 5.0:
             self._last_ports = time.monotonic()
             self.writer.upsert_ports(sid, [_rename(r, PORT_TO_DB) for r in self.ports_rows()])
+
+    def _store_dns(self, closing: bool) -> None:
+        """Each completed DNS transaction once, in the order it completed, whenever this is
+        called; queries still waiting only at the end (they may yet be answered). So the rows
+        do not depend on when the ticks came (a file read in two processes hands the DNS
+        tracker over at the end; one process ticks every second of capture time)."""
+        if self.dns is None:
+            return
+        total, rows = self.dns.completed_since(self._dns_done)
+        if total - self._dns_done > len(rows):
+            log.warning("%d DNS records were dropped from memory before they were stored",
+                        total - self._dns_done - len(rows))
+        self._dns_done = total
+        if closing:
+            rows += self.dns.pending_records()
+        if rows:
+            self.writer.add_dns(self.session_id, [_rename(r, DNS_TO_DB) for r in rows])
 
     def _store_alerts(self) -> None:
         # New, repeated and acknowledged alerts since the last tick: one upsert per alert.
@@ -159,12 +174,7 @@ class SessionRecorder:
         if self.ports_rows is not None:
             self.writer.upsert_ports(self.session_id,
                                      [_rename(r, PORT_TO_DB) for r in self.ports_rows()])
-        if self.dns_records is not None:
-            recs = self.dns_records()
-            if len(recs) > self._dns_sent:
-                self.writer.add_dns(self.session_id,
-                                    [_rename(r, DNS_TO_DB) for r in recs[self._dns_sent:]])
-                self._dns_sent = len(recs)
+        self._store_dns(closing=True)
         self.writer.close(timeout=30)
         try:
             self.sessions.close(self.session_id, time.time(), packets, bytes_, flows, dropped)

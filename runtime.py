@@ -67,8 +67,10 @@ class Runtime:
         self._build_paths()
         if self.source_kind == "live":  # a file holds none of our probes or lookups
             self.pipeline.exclude, self.pipeline.exclude_needed = self._own_traffic_filter()
-        #: the second process of a headless file read (run_headless starts it)
+        #: the second process of a file read (main() starts it; sidecar.py)
         self.sidecar: Sidecar | None = None
+        self._sidecar_joined = False
+        self._sidecar_lock = threading.Lock()
         #: processes the run took, for the summary of a file read ("2", "1 (why)")
         self.processes = "1"
 
@@ -140,7 +142,7 @@ class Runtime:
                 self.pool, self.settings, self.source_kind, self.source.description,
                 self.settings.CAPTURE_FILTER, self.flows, row_for=self.export_row,
                 ports_rows=comp.port_rows if comp.ports is not None else None,
-                dns_records=comp.dns_records if comp.dns is not None else None,
+                dns=comp.dns,
                 alert_changes=comp.security.engine.take_changes if comp.security is not None else None)
         except DatabaseError as exc:
             self.pool.close()
@@ -224,6 +226,9 @@ class Runtime:
         except CaptureError as exc:
             self.capture_error = str(exc)
             log.error("capture stopped: %s", exc)
+        finally:
+            # "capture finished" on the screen means the packet side is complete too
+            self._join_sidecar()
 
     @property
     def capture_done(self) -> bool:
@@ -241,6 +246,8 @@ class Runtime:
         if self.args.no_ui:
             return self.run_headless()
         from dashboard.app import run_dashboard
+        if self.source_kind == "file" and not self.args.realtime:
+            self._start_sidecar(live_view=True)
         return run_dashboard(self)
 
     def run_headless(self) -> int:
@@ -262,19 +269,30 @@ class Runtime:
             raise RuntimeError_(f"capture on {self.source.description} failed: {self.source.error}")
         return 0
 
-    def _start_sidecar(self) -> None:
+    def _start_sidecar(self, live_view: bool = False) -> None:
         """Read the file in two processes when that pays (sidecar.py): the packet-side trackers
-        leave this pipeline for the other process."""
+        leave this pipeline for the other process. ``live_view``: a dashboard shows them while
+        the file is read, so the other process sends its state every second."""
         if jobs_for(self.args.read, self.settings.FILE_READ_JOBS) < 2:
             return
         side = self.components.packet_side
         s = self.settings
         self.sidecar = Sidecar(self.args.read, s, self.args.count, s.CAPTURE_BATCH_SIZE,
-                               getattr(self.args, "verbose", 0))
+                               getattr(self.args, "verbose", 0),
+                               on_snapshot=side.adopt if live_view else None)
         p = self.pipeline
         p.stages = [f for f in p.stages if f not in side.stages]
         p.batch_stages = [f for f in p.batch_stages if f not in side.batch_stages]
         p.batch_taps.append(self.sidecar.tap)
+
+    def _join_sidecar(self) -> None:
+        """End the other process at the frames processed here and take its results (once; the
+        capture thread does it when the file ends, shutdown() when the run is stopped)."""
+        with self._sidecar_lock:
+            if self.sidecar is None or self._sidecar_joined:
+                return
+            self._sidecar_joined = True
+            self.processes = self.sidecar.join_into(self.components.packet_side)
 
     def shutdown(self) -> None:
         """Stop capture, retire flows, write exports. Safe to call twice."""
@@ -284,10 +302,9 @@ class Runtime:
         self.stop.set()
         if self._worker is not None:
             self._worker.join(5.0)
-        if self.sidecar is not None:
-            # before finish(): the retiring flows' chores and the exports read the whole side
-            with self.flows.lock:
-                self.processes = self.sidecar.join_into(self.components.packet_side)
+        # before finish(): the retiring flows' rows (names from passive DNS), the chores and
+        # the exports read the whole packet side
+        self._join_sidecar()
         self.pipeline.finish()
         for closer in self.components.on_finish:
             closer()

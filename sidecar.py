@@ -1,8 +1,8 @@
-"""The packet-side trackers, and a second process that runs them while a file is read headless.
+"""The packet-side trackers, and a second process that runs them while a file is read.
 
 Four trackers never look at a flow: packet statistics, hops, DNS and devices. They take each
-parsed packet as it is. When a capture file is read without the dashboard, a second process
-reads the same file and runs them, while this process runs the flow table and everything that
+parsed packet as it is. When a capture file is read (at full speed, not --realtime), a second
+process reads the same file and runs them, while this process runs the flow table and everything that
 hangs off it. It uses the machine's second core; on bench-1m the packet side is about a third
 of the work per packet, and the smaller working set makes each process faster still.
 
@@ -11,8 +11,10 @@ the other one the frame count so far, and the other process never goes past the 
 told. So a run stopped by Ctrl+C (or by an error) ends with both sides at the same frame, and
 the packet-side results are exactly what one process would have had. At the end the other
 process sends its trackers' state, which is copied into this process's trackers (the objects
-that exports, the database and the enricher already hold). If the other process fails or dies,
-this process reads the file again up to the same frame and runs the packet side itself.
+that exports, the database and the enricher already hold); for a dashboard it also sends its
+state every second while it reads, so the views fill as the file is read. If the other process
+fails or dies, this process reads the file again up to the same frame and runs the packet side
+itself.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -45,7 +48,11 @@ AUTO_MIN_BYTES = 16 * 1024 * 1024
 _WIRING = frozenset({"lock", "oui", "on_message"})
 #: the parent's message per batch: frames started on so far; -(n + 1) ends the run at n frames
 _COUNT = struct.Struct("<q")
+#: the child's messages: their length, then ("snapshot" | "ok" | "error", state or reason)
+_LEN = struct.Struct("<Q")
 ROOT = Path(__file__).resolve().parent
+#: seconds between the other process's snapshots while a dashboard shows a file being read
+SNAPSHOT_EVERY = 1.0
 
 
 @dataclass
@@ -56,6 +63,8 @@ class PacketSide:
     hops: Any
     dns: Any
     devices: Any
+    #: the lock readers take (the flow table's): held while the trackers take a batch
+    lock: Any
     stages: list[Callable[[ParsedPacket], None]] = field(default_factory=list)
     batch_stages: list[Callable[[list[ParsedPacket]], None]] = field(default_factory=list)
 
@@ -73,10 +82,14 @@ class PacketSide:
         """Take over another process's :meth:`state`, in place: the tracker objects stay the
         ones that exports, the database and the enricher hold."""
         mine = self.trackers()
-        for name, attrs in state.items():
-            obj = mine[name]
-            for k, v in attrs.items():
-                setattr(obj, k, v)
+        with self.lock:
+            for name, attrs in state.items():
+                obj = mine[name]
+                # the DNS tracker's readers take its own lock
+                own = getattr(obj, "lock", None)
+                with own if own is not None and own is not self.lock else nullcontext():
+                    for k, v in attrs.items():
+                        setattr(obj, k, v)
 
 
 def build_packet_side(settings: Settings, lock: Any) -> PacketSide:
@@ -91,7 +104,7 @@ def build_packet_side(settings: Settings, lock: Any) -> PacketSide:
     except ImportError:  # the DNS tracker is optional (dnspython-free installs)
         dns = None
     side = PacketSide(packet_stats=PacketAnalyzer(lock=lock), hops=HopAnalyzer(lock=lock),
-                      dns=dns, devices=DeviceInventory())
+                      dns=dns, devices=DeviceInventory(), lock=lock)
     side.batch_stages = [side.packet_stats.process_batch]
     side.stages = [side.hops.process]
     if dns is not None:
@@ -117,8 +130,8 @@ class _NoFlows:
 
     total_flows = 0
 
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
 
     @staticmethod
     def process(pkt: ParsedPacket) -> None:
@@ -132,14 +145,16 @@ class _NoFlows:
 
 
 def run_packet_side(side: PacketSide, batches: Iterable[list[RawFrame]],
-                    allowed: Callable[[int], int | None]) -> int:
+                    allowed: Callable[[int], int | None],
+                    after_batch: Callable[[], None] | None = None) -> int:
     """Feed ``batches`` to ``side``'s trackers; returns the frames processed.
 
     ``allowed(n)`` answers how many frames in all may be processed when ``n`` would be wanted: at
     least ``n`` to go on, fewer (or None when the count is open) to stop at that frame.
+    ``after_batch`` is called after each batch (the child's snapshots for a dashboard).
     """
     from pipeline import Pipeline, restore_gc, tune_gc
-    pipeline = Pipeline(_NoFlows(), stages=side.stages,  # type: ignore[arg-type]
+    pipeline = Pipeline(_NoFlows(side.lock), stages=side.stages,  # type: ignore[arg-type]
                         batch_stages=side.batch_stages)
     done = 0
     gc_before = tune_gc()  # as Pipeline.run does for the flow side
@@ -152,6 +167,8 @@ def run_packet_side(side: PacketSide, batches: Iterable[list[RawFrame]],
                 want = limit
             if batch:
                 pipeline.process_frames(batch)
+                if after_batch is not None:
+                    after_batch()
             done = want
             if limit is not None and limit <= done:
                 break
@@ -161,16 +178,28 @@ def run_packet_side(side: PacketSide, batches: Iterable[list[RawFrame]],
     return done
 
 
+def _write_message(out: Any, kind: str, body: Any) -> None:
+    """One framed message on the result pipe: length, then the pickle of ``(kind, body)``."""
+    try:
+        payload = pickle.dumps((kind, body), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # boundary: a state that does not pickle is an error reply
+        payload = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
+    out.write(_LEN.pack(len(payload)))
+    out.write(payload)
+    out.flush()
+
+
 def child_main(result_fd: int) -> None:
     """The second process (``python -c 'import sidecar; sidecar.child_main(FD)'``): the packet
-    side over the file the parent reads, paced by the counts on stdin; the result goes to the
-    pipe ``result_fd`` (not stdout, where a stray line from any library would spoil it)."""
+    side over the file the parent reads, paced by the counts on stdin; its messages go to the
+    pipe ``result_fd`` (not stdout, where a stray line from any library would spoil them)."""
     # Ctrl+C reaches the whole process group; the parent decides when this side stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin = sys.stdin.buffer
-    path, values, count, batch_size, verbosity = pickle.load(stdin)
+    path, values, count, batch_size, verbosity, every = pickle.load(stdin)
     # the run's log file, appended to and never rotated from here (the parent rotates it)
     setup_logging(values["LOG_FILE"], verbosity, max_bytes=0)
+    out = os.fdopen(result_fd, "wb")
     told = [0, False]  # frames the parent has started on, and whether it has ended
 
     def allowed(want: int) -> int | None:
@@ -184,16 +213,25 @@ def child_main(result_fd: int) -> None:
 
     try:
         side = build_packet_side(Settings(values, {}), threading.RLock())
+        after_batch = None
+        if every > 0:  # a dashboard shows the packet side while the file is read
+            last = [time.monotonic()]
+
+            def after_batch() -> None:
+                now = time.monotonic()
+                if now - last[0] >= every:
+                    _write_message(out, "snapshot", side.state())
+                    last[0] = time.monotonic()  # pickling time is not counted as reading time
         source = FileSource(path, count=count, batch_size=batch_size)
-        run_packet_side(side, source.batches(), allowed)
+        run_packet_side(side, source.batches(), allowed, after_batch)
         while not told[1]:  # the file ended here first: wait for the parent's last count
             allowed(told[0] + 1)
-        payload = pickle.dumps(("ok", side.state()), pickle.HIGHEST_PROTOCOL)
+        kind, body = "ok", side.state()
     except Exception as exc:  # boundary: the parent runs the packet side itself instead
-        payload = pickle.dumps(("error", f"{type(exc).__name__}: {exc}"))
+        kind, body = "error", f"{type(exc).__name__}: {exc}"
     try:
-        with os.fdopen(result_fd, "wb") as out:
-            out.write(payload)
+        _write_message(out, kind, body)
+        out.close()
     except OSError:  # the parent is gone and with it any use for the result
         pass
     # The parent waits for this process to end: skip freeing every object one by one.
@@ -205,11 +243,20 @@ class Sidecar:
     """This process's end of the second process: tap every batch, then :meth:`join_into`."""
 
     def __init__(self, path: str, settings: Settings, count: int, batch_size: int,
-                 verbosity: int = 0) -> None:
+                 verbosity: int = 0,
+                 on_snapshot: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+                 snapshot_every: float = SNAPSHOT_EVERY) -> None:
+        """``on_snapshot`` (a dashboard's): called from a reader thread with the other process's
+        state every ``snapshot_every`` seconds while the file is read; without it the state
+        comes once, at the end."""
         self.path = path
+        self._settings = settings
         self.batch_size = batch_size
         self.sent = 0
         self.error: str | None = None
+        self.snapshots = 0
+        self._final: tuple[str, Any] = ("error", "packet-side process lost (no reply)")
+        self._reader: threading.Thread | None = None
         # A fresh interpreter (not fork: this process has threads; not multiprocessing's spawn:
         # that re-runs the parent's main module, which need not be main.py).
         env = dict(os.environ)
@@ -226,8 +273,34 @@ class Sidecar:
             os.close(write_end)  # the child's copy is the only writer: EOF when it is gone
         assert self._proc.stdin is not None
         self._to, self._from = self._proc.stdin, os.fdopen(read_end, "rb")
-        self._send(pickle.dumps((path, dict(settings.values), count, batch_size, verbosity)))
+        every = snapshot_every if on_snapshot is not None else 0.0
+        self._send(pickle.dumps((path, dict(settings.values), count, batch_size, verbosity, every)))
+        if on_snapshot is not None:
+            self._reader = threading.Thread(target=self._read_all, args=(on_snapshot,),
+                                            name="packet-side-reader", daemon=True)
+            self._reader.start()
         log.info("reading %s in two processes: the packet side runs in pid %d", path, self._proc.pid)
+
+    def _read_message(self) -> tuple[str, Any]:
+        try:
+            head = self._from.read(_LEN.size)
+            if len(head) == _LEN.size:
+                data = self._from.read(_LEN.unpack(head)[0])
+                if len(data) == _LEN.unpack(head)[0]:
+                    return pickle.loads(data)
+            raise EOFError
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            return "error", f"packet-side process lost ({type(exc).__name__})"
+
+    def _read_all(self, on_snapshot: Callable[[dict[str, dict[str, Any]]], None]) -> None:
+        """Reader thread: hand over snapshots until the final reply (or the end of the pipe)."""
+        while True:
+            kind, body = self._read_message()
+            if kind != "snapshot":
+                self._final = (kind, body)
+                return
+            on_snapshot(body)
+            self.snapshots += 1
 
     def _send(self, data: bytes) -> None:
         if self.error is None:
@@ -250,10 +323,13 @@ class Sidecar:
         state = self._collect()
         if state is not None:
             side.adopt(state)
-            log.info("packet side of %d frames taken over from pid %d in %.2f s", self.sent,
-                     self._proc.pid, time.perf_counter() - t)
+            log.info("packet side of %d frames taken over from pid %d in %.2f s (after %d "
+                     "snapshots)", self.sent, self._proc.pid, time.perf_counter() - t,
+                     self.snapshots)
             return "2"
         log.warning("%s; running the packet side in this process", self.error)
+        if self.snapshots:  # start again from nothing: the file is read again from its start
+            side.adopt(build_packet_side(self._settings, side.lock).state())
         if self.sent:
             source = FileSource(self.path, count=self.sent, batch_size=self.batch_size)
             run_packet_side(side, source.batches(), lambda n: None)
@@ -261,11 +337,13 @@ class Sidecar:
 
     def _collect(self) -> dict[str, dict[str, Any]] | None:
         self._send(_COUNT.pack(-self.sent - 1))
+        kind, body = "error", self.error
+        if self._reader is not None:
+            self._reader.join()  # it ends with the final reply or at the end of the pipe
+            kind, body = self._final
+        elif self.error is None:
+            kind, body = self._read_message()
         if self.error is None:
-            try:
-                kind, body = pickle.load(self._from)
-            except (OSError, EOFError, pickle.UnpicklingError) as exc:
-                kind, body = "error", f"packet-side process lost ({type(exc).__name__})"
             self.error = None if kind == "ok" else body
         self.close()
         return body if self.error is None else None

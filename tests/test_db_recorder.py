@@ -59,3 +59,37 @@ def test_every_tick_stores_the_flows_as_the_tracker_has_them(tmp_path: Path) -> 
             (live["src_port"], live["dst_port"], live["first_seen"], live["classification"])
         assert row["dst_country"] == "NL"
     pool.close()
+
+
+def test_every_dns_transaction_is_stored_once_whatever_the_ticks(tmp_path) -> None:
+    """The database's DNS rows are the export's DNS records, each once: a query still waiting
+    at a tick is not stored then and again when its answer comes. A long capture (its copies a
+    minute apart, so ticks fall between queries and answers) checks it."""
+    import json
+    import sqlite3
+
+    import main
+    from capture.reader import CaptureFile, RawFrame
+    from capture.writer import PcapngWriter
+    from tests.conftest import CAPTURES
+
+    src = CAPTURES / "http-dns-wikipedia-browse.pcap"
+    frames = list(CaptureFile(src))
+    span = frames[-1].ts - frames[0].ts + 60.0
+    long = tmp_path / "long.pcapng"
+    w = PcapngWriter(long, 0)
+    for i in range(20):
+        w.write([RawFrame(f.ts + i * span, f.data, f.wire_len, f.linktype, f.iface)
+                 for f in frames])
+    w.close()
+    db, out = tmp_path / "t.db", tmp_path / "t.json"
+    rc = main.run(["-r", str(long), "--no-ui", "--offline", "--jobs", "1", "--db", str(db),
+                   "--export-json", str(out), "--log-file", str(tmp_path / "log")])
+    assert rc == 0
+    exported = sorted((r["time"], r["client"], r["client_port"], r["id"], r["qname"])
+                      for r in json.loads(out.read_text())["dns"])
+    with sqlite3.connect(db) as conn:
+        stored = sorted(conn.execute(
+            "SELECT ts, src_ip, src_port, trans_id, query FROM dns_queries").fetchall())
+    assert len(exported) > 20
+    assert stored == exported

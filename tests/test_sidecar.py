@@ -23,7 +23,7 @@ import main
 from capture.reader import CaptureFile, RawFrame
 from capture.writer import PcapngWriter
 from sidecar import AUTO_MIN_BYTES, jobs_for
-from tests.conftest import CAPTURE_FILES, expected_for
+from tests.conftest import CAPTURE_FILES, expected_for, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 READABLE = [p for p in CAPTURE_FILES if expected_for(p)["readable"]]
@@ -188,3 +188,56 @@ def test_bad_jobs_setting_is_one_line_error(tmp_path: Path) -> None:
     assert r.stderr.strip().count("\n") == 0 and "FILE_READ_JOBS" in r.stderr
     with pytest.raises(config.ConfigError):
         config.load_settings({"FILE_READ_JOBS": 5})
+
+
+def _tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
+
+
+def _wait_screen(session: str, needle: str, timeout: float = 90.0) -> str:
+    end = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < end:
+        text = _tmux("capture-pane", "-p", "-t", session)
+        if needle in text:
+            return text
+        time.sleep(0.1)  # polling interval of the screen
+    raise AssertionError(f"timed out waiting for {needle!r}; screen:\n{text}")
+
+
+def _db_rows(db: Path) -> dict[str, list[tuple]]:
+    with sqlite3.connect(db) as conn:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+                for t in ("dns_queries", "devices")}
+
+
+def test_dashboard_reads_a_file_in_two_processes(tmp_path: Path) -> None:
+    """In the dashboard the packet side arrives as snapshots while the file is read, and whole
+    once "capture finished" shows: the Stats view counts every packet, and the database gets
+    the same DNS and device rows as a one-process headless run."""
+    require_tool("tmux")
+    big = _big_capture(tmp_path, 600)  # 300k packets: several seconds, so several snapshots
+    log = tmp_path / "dash.log"
+    session = f"ptside-{os.getpid()}"
+    _tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "48", "bash --norc --noprofile")
+    try:
+        _tmux("send-keys", "-t", session,
+              f"{ROOT}/run.sh -r {big} --jobs 2 --offline --db {tmp_path / 'two.db'} -v "
+              f"--log-file {log}; echo DASH_EXIT=$?", "Enter")
+        _wait_screen(session, "capture finished")
+        _tmux("send-keys", "-t", session, "3")  # Stats
+        screen = _wait_screen(session, "capture packets")
+        assert "capture packets  300000" in " ".join(screen.split()).replace(" 300000", "  300000")
+        _tmux("send-keys", "-t", session, "q")
+        _wait_screen(session, "DASH_EXIT=0")
+    finally:
+        _tmux("kill-session", "-t", session)
+    text = log.read_text()
+    taken = [ln for ln in text.splitlines() if "packet side of 300000 frames taken over" in ln]
+    assert taken and "after 0 snapshots" not in taken[0], text
+    rc = main.run(["-r", str(big), "--no-ui", "--offline", "--jobs", "1",
+                   "--db", str(tmp_path / "one.db"), "--log-file", str(tmp_path / "log")])
+    assert rc == 0
+    one, two = _db_rows(tmp_path / "one.db"), _db_rows(tmp_path / "two.db")
+    assert one["dns_queries"] and one["devices"]
+    assert one == two

@@ -502,13 +502,27 @@ class DNSTracker:
         """Export records, oldest first: completed ones, then queries still waiting
         (``query_only`` true, ``unanswered`` false)."""
         with self.lock:
-            out = [r.as_dict() for r in self._records]
-            for q in self._pending.values():
-                out.append(DnsRecord(q.time, q.client, q.client_port, q.server, q.server_port,
-                                     q.transport, q.proto, q.id, q.qname, q.qtype, None, (),
-                                     None, query_only=True, retries=q.retries,
-                                     malformed=q.malformed).as_dict())
-            return out
+            return [r.as_dict() for r in self._records] + self._pending_dicts()
+
+    def pending_records(self) -> list[dict[str, Any]]:
+        """The queries still waiting, as records (``query_only`` true, ``unanswered`` false)."""
+        with self.lock:
+            return self._pending_dicts()
+
+    def _pending_dicts(self) -> list[dict[str, Any]]:
+        return [DnsRecord(q.time, q.client, q.client_port, q.server, q.server_port, q.transport,
+                          q.proto, q.id, q.qname, q.qtype, None, (), None, query_only=True,
+                          retries=q.retries, malformed=q.malformed).as_dict()
+                for q in self._pending.values()]
+
+    def completed_since(self, done: int) -> tuple[int, list[dict[str, Any]]]:
+        """Records completed after the first ``done`` of the run (``records_total`` counts
+        them), oldest first, and the new total: each is handed out once, whenever asked.
+        Those already dropped from the bounded list are gone (``records_dropped``)."""
+        with self.lock:
+            new = min(self.records_total - done, len(self._records))
+            recs = list(self._records)[len(self._records) - new:] if new > 0 else []
+            return self.records_total, [r.as_dict() for r in recs]
 
     def top_domains(self, n: int = 10) -> list[tuple[str, int]]:
         with self.lock:
