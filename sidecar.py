@@ -289,7 +289,8 @@ class Sidecar:
                 if len(data) == _LEN.unpack(head)[0]:
                     return pickle.loads(data)
             raise EOFError
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            # ValueError: close() shut the pipe under a waiting reader thread
             return "error", f"packet-side process lost ({type(exc).__name__})"
 
     def _read_all(self, on_snapshot: Callable[[dict[str, dict[str, Any]]], None]) -> None:
