@@ -285,8 +285,9 @@ class Sidecar:
         try:
             head = self._from.read(_LEN.size)
             if len(head) == _LEN.size:
-                data = self._from.read(_LEN.unpack(head)[0])
-                if len(data) == _LEN.unpack(head)[0]:
+                (size,) = _LEN.unpack(head)
+                data = self._from.read(size)
+                if len(data) == size:
                     return pickle.loads(data)
             raise EOFError
         except (OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:

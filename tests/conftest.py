@@ -24,6 +24,21 @@ EXPECTED = CAPTURES / "expected"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def repeat_capture(src: Path, copies: int, out: Path, gap: float = 60.0) -> Path:
+    """A long capture made from a real one: its frames again and again, each copy ``gap``
+    seconds after the end of the one before (so idle timers and periodic chores run between)."""
+    from capture.reader import CaptureFile, RawFrame
+    from capture.writer import PcapngWriter
+    frames = list(CaptureFile(src))
+    span = frames[-1].ts - frames[0].ts + gap
+    w = PcapngWriter(out, 0)
+    for i in range(copies):
+        w.write([RawFrame(f.ts + i * span, f.data, f.wire_len, f.linktype, f.iface)
+                 for f in frames])
+    w.close()
+    return out
+
+
 def traced_growth(run: Callable[[], object]) -> int:
     """Bytes of Python heap that ``run()`` leaves allocated (tracemalloc, garbage collected
     before and after): for tests that bound what a structure keeps per item."""

@@ -69,19 +69,9 @@ def test_every_dns_transaction_is_stored_once_whatever_the_ticks(tmp_path) -> No
     import sqlite3
 
     import main
-    from capture.reader import CaptureFile, RawFrame
-    from capture.writer import PcapngWriter
-    from tests.conftest import CAPTURES
+    from conftest import repeat_capture
 
-    src = CAPTURES / "http-dns-wikipedia-browse.pcap"
-    frames = list(CaptureFile(src))
-    span = frames[-1].ts - frames[0].ts + 60.0
-    long = tmp_path / "long.pcapng"
-    w = PcapngWriter(long, 0)
-    for i in range(20):
-        w.write([RawFrame(f.ts + i * span, f.data, f.wire_len, f.linktype, f.iface)
-                 for f in frames])
-    w.close()
+    long = repeat_capture(CAPTURES / "http-dns-wikipedia-browse.pcap", 20, tmp_path / "long.pcapng")
     db, out = tmp_path / "t.db", tmp_path / "t.json"
     rc = main.run(["-r", str(long), "--no-ui", "--offline", "--jobs", "1", "--db", str(db),
                    "--export-json", str(out), "--log-file", str(tmp_path / "log")])

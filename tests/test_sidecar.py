@@ -20,10 +20,10 @@ import pytest
 
 import config
 import main
-from capture.reader import CaptureFile, RawFrame
-from capture.writer import PcapngWriter
+from capture.reader import CaptureFile
 from sidecar import AUTO_MIN_BYTES, jobs_for
-from tests.conftest import CAPTURE_FILES, expected_for, require_tool
+from tests.conftest import CAPTURE_FILES, expected_for, repeat_capture
+from tmux_pane import Pane, pane  # noqa: F401 (pane: the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 READABLE = [p for p in CAPTURE_FILES if expected_for(p)["readable"]]
@@ -87,17 +87,9 @@ def test_database_gets_the_same_rows_from_two_processes(tmp_path: Path) -> None:
 
 
 def _big_capture(tmp_path: Path, copies: int) -> Path:
-    """A long capture from a real one: its frames again and again, each copy a minute later."""
+    """A long capture from a real one (500 frames a copy)."""
     src = next(p for p in READABLE if p.name == "mobile-android-mix.pcap")
-    frames = list(CaptureFile(src))
-    span = frames[-1].ts - frames[0].ts + 60.0
-    out = tmp_path / "long.pcapng"
-    w = PcapngWriter(out, 0)
-    for i in range(copies):
-        shift = i * span
-        w.write([RawFrame(f.ts + shift, f.data, f.wire_len, f.linktype, f.iface) for f in frames])
-    w.close()
-    return out
+    return repeat_capture(src, copies, tmp_path / "long.pcapng")
 
 
 def _packet_side(doc: dict) -> dict:
@@ -190,48 +182,26 @@ def test_bad_jobs_setting_is_one_line_error(tmp_path: Path) -> None:
         config.load_settings({"FILE_READ_JOBS": 5})
 
 
-def _tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
-
-
-def _wait_screen(session: str, needle: str, timeout: float = 90.0) -> str:
-    end = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < end:
-        text = _tmux("capture-pane", "-p", "-t", session)
-        if needle in text:
-            return text
-        time.sleep(0.1)  # polling interval of the screen
-    raise AssertionError(f"timed out waiting for {needle!r}; screen:\n{text}")
-
-
 def _db_rows(db: Path) -> dict[str, list[tuple]]:
     with sqlite3.connect(db) as conn:
         return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
                 for t in ("dns_queries", "devices")}
 
 
-def test_dashboard_reads_a_file_in_two_processes(tmp_path: Path) -> None:
+def test_dashboard_reads_a_file_in_two_processes(pane: Pane, tmp_path: Path) -> None:
     """In the dashboard the packet side arrives as snapshots while the file is read, and whole
     once "capture finished" shows: the Stats view counts every packet, and the database gets
     the same DNS and device rows as a one-process headless run."""
-    require_tool("tmux")
     big = _big_capture(tmp_path, 600)  # 300k packets: several seconds, so several snapshots
     log = tmp_path / "dash.log"
-    session = f"ptside-{os.getpid()}"
-    _tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "48", "bash --norc --noprofile")
-    try:
-        _tmux("send-keys", "-t", session,
-              f"{ROOT}/run.sh -r {big} --jobs 2 --offline --db {tmp_path / 'two.db'} -v "
+    pane.keys(f"{ROOT}/run.sh -r {big} --jobs 2 --offline --db {tmp_path / 'two.db'} -v "
               f"--log-file {log}; echo DASH_EXIT=$?", "Enter")
-        _wait_screen(session, "capture finished")
-        _tmux("send-keys", "-t", session, "3")  # Stats
-        screen = _wait_screen(session, "capture packets")
-        assert "capture packets  300000" in " ".join(screen.split()).replace(" 300000", "  300000")
-        _tmux("send-keys", "-t", session, "q")
-        _wait_screen(session, "DASH_EXIT=0")
-    finally:
-        _tmux("kill-session", "-t", session)
+    pane.wait_for("capture finished", timeout=90)
+    pane.keys("3")  # Stats
+    screen = pane.wait_for("capture packets")
+    assert "capture packets  300000" in " ".join(screen.split()).replace(" 300000", "  300000")
+    pane.keys("q")
+    pane.wait_for("DASH_EXIT=0")
     text = log.read_text()
     taken = [ln for ln in text.splitlines() if "packet side of 300000 frames taken over" in ln]
     assert taken and "after 0 snapshots" not in taken[0], text
