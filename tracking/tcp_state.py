@@ -311,6 +311,11 @@ class TcpConnection:
         return hs
 
     @property
+    def counts(self) -> _Counts | None:
+        """The analysis counters, or None while the connection had no event (all are 0)."""
+        return self._n
+
+    @property
     def closed(self) -> bool:
         """FIN both ways acknowledged, or RST: the tracker may retire the flow after a linger.
 
