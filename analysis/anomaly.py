@@ -14,6 +14,7 @@ from sys import getsizeof
 from typing import Any
 
 from capture.packet import ACK, FIN, PROTO_TCP, PSH, RST, SYN, URG
+from utils.bounded import drop_oldest_share
 
 MAX_SCORE = 100
 
@@ -49,14 +50,6 @@ TTL_TOLERANCE = 2
 TINY_FRAGMENT = 256
 
 
-def evict_oldest(table: dict[Any, Any], fraction: int = 8) -> None:
-    """Drop the oldest 1/fraction of an insertion-ordered dict in one go.
-
-    Popping one key at a time from the front of a dict re-scans the deleted slots each time
-    (quadratic under churn); removing a batch keeps eviction amortised O(1).
-    """
-    for key in list(islice(table, max(1, len(table) // fraction))):
-        del table[key]
 
 
 def flag_rule(flags: int) -> str | None:
@@ -128,7 +121,7 @@ class HostAnomalies:
         entry = self._hosts.get(host)
         if entry is None:
             if len(self._hosts) >= self.max_hosts:
-                evict_oldest(self._hosts)
+                drop_oldest_share(self._hosts)
             entry = self._hosts[host] = HostAnomaly()
         n = entry.counts.get(rule, 0)
         entry.counts[rule] = n + 1
@@ -194,7 +187,7 @@ class BeaconDetector:
             first = once.pop(key, None)
             if first is None:
                 if len(once) >= self.max_keys:
-                    evict_oldest(once)
+                    drop_oldest_share(once)
                 once[key] = ts
                 return None
             # A second start: the pair gets a log.

@@ -34,7 +34,6 @@ from typing import Any, Callable, Iterable, Sequence
 from analysis import apps
 from analysis.anomaly import (
     FLAG_RULES, TINY_FRAGMENT, TTL_TOLERANCE, BeaconDetector, HostAnomalies, add_rule,
-    evict_oldest,
 )
 from analysis.http import (
     MAX_HEAD, HttpRequest, head_end, parse_request, parse_response, starts_request,
@@ -45,6 +44,7 @@ from analysis.tls import NEED_MORE, ClientHello, ServerHello, parse_tls_stream, 
     version_name
 from capture.packet import ACK, PROTO_TCP, PROTO_UDP, SYN, ParsedPacket
 from config import MAX_FLOWS
+from utils.bounded import drop_oldest_share
 
 #: bytes of each direction's stream kept while it is being classified
 STREAM_BYTES = 8192
@@ -297,7 +297,7 @@ class FlowInspector:
         holder = self._flows.get(flow_key)
         if holder is None:
             if len(self._flows) >= self.max_flows:
-                evict_oldest(self._flows)
+                drop_oldest_share(self._flows)
             holder = self._flows[flow_key] = _Keyed(pkt, forward)
         self.flow_stage(pkt, holder, forward)
 

@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, TextIO
 from xml.sax.saxutils import quoteattr
 
-from security.detectors._bounded import evict_oldest
+from utils.bounded import evict_oldest
 from tracking.flow import Flow, FlowTracker
 
 FlowsProvider = Callable[[], Iterable[Flow]]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from analysis.anomaly import evict_oldest
+from utils.bounded import drop_oldest_share
 from capture.packet import (
     PROTO_AH, PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IGMP, PROTO_IPIP, PROTO_IPV6,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, ParsedPacket,
@@ -275,7 +275,7 @@ class TrafficClassifier:
         if old is None or res[2] or old[0] == UNKNOWN:
             self._flows[flow_key] = res
             if old is None and len(self._flows) > self.max_flows:
-                evict_oldest(self._flows)  # in a batch: one-at-a-time front deletes are quadratic
+                drop_oldest_share(self._flows)  # in a batch: one-at-a-time front deletes are quadratic
         else:
             res = old
         return res[0], res[1]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from analysis.anomaly import evict_oldest
+from utils.bounded import drop_oldest_share
 from capture.packet import ACK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SYN, ParsedPacket
 
 INITIAL_TTLS = (32, 64, 128, 255)
@@ -173,7 +173,7 @@ class HopAnalyzer:
             if len(hosts) > self.max_hosts:
                 # the oldest-seen eighth in one go: deleting the front key one at a time
                 # re-scans the deleted slots each time (quadratic once the table is full)
-                evict_oldest(hosts)
+                drop_oldest_share(hosts)
 
     def _set_tick(self, ts: float) -> None:
         """Make ``ts``'s centisecond the current one."""
@@ -217,7 +217,7 @@ class HopAnalyzer:
             return False
         self._probes[key] = pkt.ttl
         if len(self._probes) > self.max_probes:
-            evict_oldest(self._probes)
+            drop_oldest_share(self._probes)
         return True
 
     def _learn(self, ip: str, ts: float, key: tuple[str, int, int, int]) -> None:

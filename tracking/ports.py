@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from analysis.anomaly import evict_oldest
+from utils.bounded import drop_oldest_share
 from capture.packet import ACK, PROTO_SCTP, PROTO_TCP, PROTO_UDP, RST, SYN, ParsedPacket, proto_name
 from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
 from tracking.services import known_port_keys, port_range, service_name
@@ -276,7 +276,7 @@ class PortTracker:
                 del self._scans[src]  # re-insert so insertion order stays oldest-first
             sc = self._scans[src] = _Scan(src, ts, ts)
             if len(self._scans) > self.max_sources:
-                evict_oldest(self._scans)  # in a batch: one-at-a-time front deletes are quadratic
+                drop_oldest_share(self._scans)  # in a batch: one-at-a-time front deletes are quadratic
         sc.probes += 1
         if syn:
             sc.syn_probes += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from capture.packet import ParsedPacket, mac_str
 from security.alerts import AlertEngine
-from security.detectors._bounded import evict_oldest
+from utils.bounded import evict_oldest
 
 
 class ArpSpoofDetector:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from capture.packet import PROTO_TCP, ParsedPacket
 from security.alerts import AlertEngine
-from security.detectors._bounded import evict_oldest
+from utils.bounded import evict_oldest
 
 #: the first four bytes of an HTTP request
 HTTP_METHODS = frozenset({b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI"})

@@ -13,7 +13,7 @@ from collections import Counter
 from analysis.dns_message import decode
 from capture.packet import PROTO_TCP, PROTO_UDP, ParsedPacket
 from security.alerts import AlertEngine
-from security.detectors._bounded import evict_oldest
+from utils.bounded import evict_oldest
 from utils.sanitize import clean_text
 
 DNS_PORT = 53

@@ -26,7 +26,7 @@ from config import ALERTS_PORT_SCAN_THRESHOLD, ALERTS_SCAN_RATE
 from capture.packet import ACK, FIN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PSH, RST, \
     SYN, URG, ParsedPacket
 from security.alerts import AlertEngine
-from security.detectors._bounded import evict_oldest
+from utils.bounded import evict_oldest
 from tracking.flow import Flow
 
 # Probe kinds, as bits so one int per target records which techniques were seen.

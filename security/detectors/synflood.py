@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from capture.packet import ACK, PROTO_TCP, RST, SYN, ParsedPacket
 from security.alerts import AlertEngine
-from security.detectors._bounded import evict_oldest
+from utils.bounded import evict_oldest
 
 
 class _Service:
