@@ -184,6 +184,35 @@ def test_busy_server_with_completed_handshakes_is_not_a_flood(
     assert eng.alerts() == []
 
 
+def test_a_host_keeps_its_services_when_another_of_its_services_is_evicted(
+        via: Callable[[Any], Feed]) -> None:
+    """The service table evicts its oldest entries: one port of a server goes, and the
+    handshakes then completed on another port of that server must still be matched."""
+    eng = AlertEngine()
+    det = SynFloodDetector(eng, syn_rate=30, half_open=30, max_services=64)
+    feed = via(det)
+    t = 2000.0
+
+    def syn(src: str, dst: str, sport: int, dport: int) -> None:
+        nonlocal t
+        t += 0.0001
+        feed(frame(IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="S"), t))
+
+    syn("172.17.0.9", "10.3.0.1", 40000, 22)          # the server's oldest service
+    for i in range(9):                                  # others, dropped with it
+        syn("172.17.0.9", f"10.4.0.{i + 1}", 40000, 80)
+    syn("172.17.0.9", "10.3.0.1", 40001, 443)         # the service that stays
+    for i in range(54):                                 # fill the table past its limit
+        syn("172.17.0.9", f"10.5.0.{i + 1}", 40000, 80)
+    assert det.stats()["services"] < 64                 # port 22 went, 443 stayed
+    for i in range(100):                                # a busy but healthy second on 443
+        src = f"172.16.0.{i + 1}"
+        syn(src, "10.3.0.1", 2000 + i, 443)
+        feed(frame(IP(src=src, dst="10.3.0.1") / TCP(sport=2000 + i, dport=443, flags="A"),
+                   t + 0.00005))
+    assert eng.alerts() == []
+
+
 # --- ARP ---------------------------------------------------------------------------------------
 def arp_reply(ip: str, mac: str, ts: float, eth_src: str | None = None):
     return frame(Ether(src=eth_src or mac, dst=MAC_B) /

@@ -12,18 +12,20 @@ from itertools import islice
 from typing import Any
 
 
-def drop_oldest(table: dict[Any, Any], n: int) -> None:
-    """Delete the ``n`` oldest-inserted keys of ``table`` in one pass."""
-    for key in list(islice(table, n)):
+def drop_oldest(table: dict[Any, Any], n: int) -> list[Any]:
+    """Delete the ``n`` oldest-inserted keys of ``table`` in one pass; returns them."""
+    keys = list(islice(table, n))
+    for key in keys:
         del table[key]
+    return keys
 
 
-def evict_oldest(table: dict[Any, Any], limit: int) -> None:
+def evict_oldest(table: dict[Any, Any], limit: int) -> list[Any]:
     """Keep ``table`` at most ``limit`` entries: once over, drop the oldest eighth of ``limit``
-    (and any excess) at once, so a full table pays for eviction every ``limit // 8`` inserts."""
+    (and any excess) at once, so a full table pays for eviction every ``limit // 8`` inserts.
+    Returns the keys dropped (tables kept beside this one drop their share of them)."""
     excess = len(table) - limit
-    if excess > 0:
-        drop_oldest(table, excess + limit // 8)
+    return drop_oldest(table, excess + limit // 8) if excess > 0 else []
 
 
 def drop_oldest_share(table: dict[Any, Any], fraction: int = 8) -> None:

@@ -133,11 +133,15 @@ class SynFloodDetector:
                     ts=ts)
 
     def _evict(self) -> None:
-        evict_oldest(self._services, self.max_services)
-        hosts: dict[str, int] = {}
-        for host, _ in self._services:
-            hosts[host] = hosts.get(host, 0) + 1
-        self._hosts = hosts
+        # the host counts follow the services dropped (recounting every service after each
+        # eviction cost ~0.15 s over the 35k connections of bench-1m)
+        hosts = self._hosts
+        for host, _ in evict_oldest(self._services, self.max_services):
+            left = hosts[host] - 1
+            if left:
+                hosts[host] = left
+            else:
+                del hosts[host]
 
     def stats(self) -> dict[str, int]:
         return {"services": len(self._services)}
