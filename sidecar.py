@@ -27,9 +27,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from capture.packet import ParsedPacket

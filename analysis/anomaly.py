@@ -50,8 +50,6 @@ TTL_TOLERANCE = 2
 TINY_FRAGMENT = 256
 
 
-
-
 def flag_rule(flags: int) -> str | None:
     """The rule a TCP flags byte breaks, if any."""
     return FLAG_RULES[flags & 0xFF]

@@ -76,10 +76,12 @@ def test_every_dns_transaction_is_stored_once_whatever_the_ticks(tmp_path) -> No
     rc = main.run(["-r", str(long), "--no-ui", "--offline", "--jobs", "1", "--db", str(db),
                    "--export-json", str(out), "--log-file", str(tmp_path / "log")])
     assert rc == 0
-    exported = sorted((r["time"], r["client"], r["client_port"], r["id"], r["qname"])
-                      for r in json.loads(out.read_text())["dns"])
+    exported = [(r["time"], r["client"], r["client_port"], r["id"], r["qname"])
+                for r in json.loads(out.read_text())["dns"]]
     with sqlite3.connect(db) as conn:
-        stored = sorted(conn.execute(
-            "SELECT ts, src_ip, src_port, trans_id, query FROM dns_queries").fetchall())
+        stored = conn.execute(
+            "SELECT ts, src_ip, src_port, trans_id, query FROM dns_queries ORDER BY id").fetchall()
     assert len(exported) > 20
+    assert sorted(stored) == sorted(exported)
+    # and in the same order: completed transactions as they completed, then those still waiting
     assert stored == exported

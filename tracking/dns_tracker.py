@@ -31,6 +31,7 @@ import heapq
 import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Callable
 
 from analysis.dns_message import (
@@ -521,7 +522,9 @@ class DNSTracker:
         Those already dropped from the bounded list are gone (``records_dropped``)."""
         with self.lock:
             new = min(self.records_total - done, len(self._records))
-            recs = list(self._records)[len(self._records) - new:] if new > 0 else []
+            # the newest ``new`` from the right end: a tick does not copy the whole bounded list
+            recs = list(islice(reversed(self._records), max(new, 0)))
+            recs.reverse()
             return self.records_total, [r.as_dict() for r in recs]
 
     def top_domains(self, n: int = 10) -> list[tuple[str, int]]:
