@@ -52,6 +52,7 @@ class Runtime:
                                  flow_stages=self.components.flow_stages,
                                  frame_sinks=self.components.frame_sinks,
                                  batch_stages=self.components.batch_stages,
+                                 other_stages=self.components.other_stages,
                                  periodic=self.components.periodic)
         self._worker: threading.Thread | None = None
         self._finished = False
@@ -402,6 +403,7 @@ class Components:
     flow_stages: list[Callable[..., None]] = field(default_factory=list)
     frame_sinks: list[Callable[..., None]] = field(default_factory=list)
     batch_stages: list[Callable[..., None]] = field(default_factory=list)
+    other_stages: list[Callable[..., None]] = field(default_factory=list)
     periodic: list[Callable[[float], None]] = field(default_factory=list)
     flow_enrichers: list[Callable[[Any], dict[str, Any]]] = field(default_factory=list)
     on_finish: list[Callable[[], None]] = field(default_factory=list)
@@ -479,7 +481,7 @@ def build_components(settings: Settings, flows: FlowTracker,
     c.stages = list(side.stages)
     c.security = SecurityMonitor.from_settings(settings)
     c.security.attach(flows)  # its IP detections run as a flow stage; its graph reads flows
-    c.batch_stages.append(c.security.process_batch)
+    c.other_stages.append(c.security.process_other)
     c.on_close.append(c.security.close)
 
     c.flow_stages = [c.ports.flow_stage, c.classifier.flow_stage, c.security.flow_stage]

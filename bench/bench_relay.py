@@ -140,7 +140,8 @@ def _components() -> tuple[Any, Any]:
     flows = FlowTracker(s.MAX_FLOWS, s.FLOW_TIMEOUT, s.TCP_CLOSE_LINGER, s.FLOW_HISTORY_LIMIT)
     comp = build_components(s, flows)
     pipe = Pipeline(flows, stages=comp.stages, flow_stages=comp.flow_stages,
-                    batch_stages=comp.batch_stages, periodic=comp.periodic)
+                    batch_stages=comp.batch_stages, other_stages=comp.other_stages,
+                    periodic=comp.periodic)
     return SimpleNamespace(flows=flows, components=SimpleNamespace(
         ports=None, dns=None, security=None, flow_enrichers=comp.flow_enrichers)), pipe
 

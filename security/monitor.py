@@ -2,9 +2,9 @@
 
 Wiring in a run (see runtime.build_components)::
 
-    mon.attach(flows)                      # listeners on the flow table; the graph reads it
-    stages.append(mon.process)             # every frame: ARP (tunnelled ARP too)
-    flow_stages.append(mon.flow_stage)     # every IP packet with its flow (inner ones too)
+    mon.attach(flows)                       # listeners on the flow table; the graph reads it
+    other_stages.append(mon.process_other)  # every frame without IP, tunnelled ones too: ARP
+    flow_stages.append(mon.flow_stage)      # every IP packet with its flow (inner ones too)
 
 Each packet pays only for the detections that can care about it: the protocol and TCP flags
 are read once and only the matching entry point of a detector is called, most packets of an
@@ -104,6 +104,7 @@ class SecurityMonitor:
                 if getattr(d, "protocols", None) is None or proto in d.protocols]
         self._ip_other = [d.process for d in generic if getattr(d, "protocols", None) is None]
         self._generic = bool(generic)
+        #: packets given to :meth:`process` (outer and tunnelled)
         self.packets = 0
         self._graph_snap: tuple[float, int, dict[str, Any]] | None = None
         #: the flow stage: ``flow_stage(pkt, flow, forward)`` for every IP packet with its flow
@@ -199,24 +200,12 @@ class SecurityMonitor:
                 own.maybe_expire(pkt.ts)
             pkt = pkt.inner
 
-    def process_batch(self, pkts: list[ParsedPacket]) -> None:
-        """:meth:`process` for a whole batch (the pipeline's batch stage, once attached): only
-        ARP frames need a look, so the rest cost a type check, not a call each."""
-        if self._own is not None:
-            for pkt in pkts:
-                self.process(pkt)
-            return
-        n = 0
-        arp = self._arp
-        for pkt in pkts:
-            p: ParsedPacket | None = pkt
-            while p is not None:
-                n += 1
-                if p.arp is not None:
-                    for fn in arp:
-                        fn(p)
-                p = p.inner
-        self.packets += n
+    def process_other(self, pkt: ParsedPacket) -> None:
+        """The pipeline's stage for packets without a flow (once attached): of those, only ARP
+        needs a look. The pipeline hands tunnelled packets over one by one."""
+        if pkt.arp is not None:
+            for fn in self._arp:
+                fn(pkt)
 
     def _make_flow_stage(self) -> Callable[[ParsedPacket, Flow, bool], None]:
         """Build :attr:`flow_stage` as a closure: the detectors' entry points are bound once
@@ -303,7 +292,6 @@ class SecurityMonitor:
             "counters": self.engine.counters(),
             "destinations": {getattr(d, "name", type(d).__name__): d.stats()
                              for d in self.engine.destinations if hasattr(d, "stats")},
-            "packets": self.packets,
         }
         if self.graph is not None:
             # The graph walks every flow: recompute it at most every GRAPH_REFRESH seconds

@@ -29,7 +29,7 @@ def run(path: Path) -> SecurityMonitor:
     flows = FlowTracker(tcp_factory=TcpConnection)
     mon = SecurityMonitor.from_settings({})
     mon.attach(flows)
-    pipe = Pipeline(flows, stages=[mon.process], flow_stages=[mon.flow_stage])
+    pipe = Pipeline(flows, other_stages=[mon.process_other], flow_stages=[mon.flow_stage])
     frames = []
     try:
         frames.extend(CaptureFile(path))

@@ -13,12 +13,15 @@ from scapy.layers.l2 import ARP, Ether
 
 from capture.packet import ParsedPacket
 from capture.parser import parse
+from pipeline import Pipeline
 from security.alerts import AlertEngine
 from security.detectors import (ArpSpoofDetector, CleartextCredentialDetector, DnsDetector,
                                 NewTalkerDetector, PortScanDetector, ReputationDetector,
                                 SynFloodDetector)
 from security.monitor import SecurityMonitor
 from security.reputation import BlockList
+from tracking.flow import FlowTracker
+from tracking.tcp_state import TcpConnection
 
 MAC_A, MAC_B, MAC_EVIL = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:ee"
 
@@ -37,14 +40,27 @@ def rules(engine: AlertEngine) -> list[str]:
 Feed = Callable[[ParsedPacket], None]
 
 
-@pytest.fixture(params=["detector", "monitor"])
+def in_pipeline(mon: SecurityMonitor) -> Feed:
+    """Feed frames through a pipeline wired as a run wires the monitor (runtime.py): attached
+    to the run's flow table, IP packets through its flow stage, the rest through its stage for
+    packets without a flow."""
+    flows = FlowTracker(tcp_factory=TcpConnection)
+    mon.attach(flows)
+    pipe = Pipeline(flows, flow_stages=[mon.flow_stage], other_stages=[mon.process_other])
+    return pipe.process_packet
+
+
+@pytest.fixture(params=["detector", "monitor", "pipeline"])
 def via(request: pytest.FixtureRequest) -> Callable[[Any], Feed]:
-    """Each detection is checked twice: the detector fed every packet, and the detector inside
-    a SecurityMonitor, whose flow stage calls it only for the packets that can matter."""
+    """Each detection is checked three times: the detector fed every packet, the detector
+    inside a SecurityMonitor, whose flow stage calls it only for the packets that can matter,
+    and that monitor wired into a pipeline as a run has it."""
     def feed(det: Any) -> Feed:
         if request.param == "detector":
             return det.process
-        return SecurityMonitor(det.engine, [det]).process
+        if request.param == "monitor":
+            return SecurityMonitor(det.engine, [det]).process
+        return in_pipeline(SecurityMonitor(det.engine, [det]))
     return feed
 
 
@@ -238,6 +254,20 @@ def test_arp_reply_whose_ethernet_source_disagrees() -> None:
     eng = AlertEngine()
     ArpSpoofDetector(eng).process(arp_reply("10.4.0.1", MAC_A, 1.0, eth_src=MAC_EVIL))
     assert [(a.rule_id, a.src) for a in eng.alerts()] == [("arp_spoof", MAC_EVIL)]
+
+
+def test_tunnelled_arp_spoofing_is_seen_by_a_run_pipeline() -> None:
+    from scapy.layers.vxlan import VXLAN
+    eng = AlertEngine()
+    feed = in_pipeline(SecurityMonitor(eng, [ArpSpoofDetector(eng)]))
+    for i, mac in enumerate([MAC_A] * 3 + [MAC_EVIL] * 4):
+        inner = Ether(src=mac, dst=MAC_B) / ARP(op=2, psrc="10.4.0.1", hwsrc=mac,
+                                                pdst="10.4.0.2", hwdst=MAC_B)
+        feed(frame(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=4789, dport=4789) /
+                   VXLAN(vni=7) / inner, 10.0 + i))
+    alerts = eng.alerts()
+    assert [(a.rule_id, a.src, a.dst) for a in alerts] == [("arp_spoof", MAC_EVIL, "10.4.0.1")]
+    assert alerts[0].count == 4
 
 
 def test_gratuitous_arp_storm(via: Callable[[Any], Feed]) -> None:
