@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 # IP protocol numbers used across the code base.
 PROTO_ICMP = 1
 PROTO_IGMP = 2
@@ -96,12 +98,19 @@ class QuotedHeader:
     icmp_seq: int | None = None
 
 
-@dataclass(slots=True)
-class ParsedPacket:
+class ParsedPacket(msgspec.Struct, gc=False):
     """One frame, decoded from raw bytes by :func:`capture.parser.parse`.
 
     Field order matters: the parser's fast path builds records positionally, so new fields
     go at the end (tests/test_parser_fastpath.py catches a mismatch).
+
+    A msgspec Struct rather than a slotted dataclass: one is made and freed per packet, and
+    msgspec builds it in C (45 fields: 232 ns against the dataclass ``__init__``'s 566 on this
+    machine; bench-1m's read and parse ~10% faster), while reads stay slot reads that
+    CPython 3.11 specialises as for a dataclass. ``gc=False``: packets hold no cycles (their
+    fields are values, option records and the inner packet), so the collector need not track
+    the millions made in a run. Writes cost more than a dataclass's (~40 ns against 16): only
+    the general path writes, the fast path passes every field to the constructor.
 
     Fields that a frame does not carry keep their defaults (0, None, "").
     ``wire_len`` is the length on the wire (tshark's ``frame.len``), which is what

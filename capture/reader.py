@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import msgspec
+
 from capture.errors import CaptureFileError
 from capture.packet import ParsedPacket
 from capture.parser import LINKTYPE_NAMES, parse
@@ -25,8 +27,10 @@ _BOM = 0x1A2B3C4D
 _MAX_RECORD = 256 * 1024 * 1024
 
 
-@dataclass(slots=True)
-class RawFrame:
+class RawFrame(msgspec.Struct, gc=False):
+    """One frame as read (file or live), before parsing: made per packet, so a C-built
+    record like :class:`~capture.packet.ParsedPacket` (and untracked by the collector)."""
+
     ts: float
     data: bytes
     wire_len: int

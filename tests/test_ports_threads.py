@@ -1,8 +1,9 @@
 """Readers on another thread while the pipeline thread feeds packets (no shared lock held)."""
 from __future__ import annotations
 
-import dataclasses
 import threading
+
+import msgspec
 
 from capture.reader import iter_parsed
 from tests.conftest import CAPTURES, require
@@ -17,8 +18,8 @@ def test_snapshots_while_packets_flow() -> None:
     base = list(iter_parsed(path))
     span = base[-1].ts - base[0].ts + 1
     # 20 copies of the capture, one after the other in time, with fresh addresses each round
-    pkts = [dataclasses.replace(p, ts=p.ts + r * span,
-                                src_ip=f"{p.src_ip}{r}" if p.src_ip else "")
+    pkts = [msgspec.structs.replace(p, ts=p.ts + r * span,
+                                    src_ip=f"{p.src_ip}{r}" if p.src_ip else "")
             for r in range(20) for p in base]
     ports, hops, stats = PortTracker(), HopAnalyzer(), PacketAnalyzer()
     done = threading.Event()
