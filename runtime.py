@@ -497,13 +497,14 @@ def build_components(settings: Settings, flows: FlowTracker,
     totals = TcpTotals()
 
     def on_retire_keep_facts(flow: Any) -> None:
-        # Facts of retired flows are kept for the export until the run ends.
-        if flow.tcp is not None:
+        # Facts of retired flows are kept for the export until the run ends; the flows of the
+        # end are read with the live ones (last_flows), only if someone asks.
+        if flow.tcp is not None and flow.retired != "end":
             totals.add(flow.tcp)
 
     flows.listeners.append(on_retire_keep_facts)
     c.tcp_totals_fn = lambda: totals.merged(
-        f.tcp for f in flows.snapshot() if f.tcp is not None).as_dict()
+        f.tcp for f in flows.last_flows() if f.tcp is not None).as_dict()
 
     passive = c.dns.passive_names if c.dns is not None else None
     # A headless run looks places up only for its exports at the end: loading the database in

@@ -7,9 +7,10 @@ is shown on screen and the whole can be exported as GraphML (Gephi, yEd, network
 Nothing here runs per packet: the flow table already counts every packet, so the edges are
 derived from the flows when someone reads the graph. A flow gives the edge src->dst from its
 ``*_sent`` counters and dst->src from its ``*_recv`` counters. Active flows come from a provider
-(``FlowTracker.snapshot``) at read time; retired flows are folded into a bounded table of
-finished edges as they retire (so the edges of a long run outlive the tracker's history), and
-new (initiator, responder) host pairs are counted as flows are created.
+(``FlowTracker.last_flows``) at read time, with those retired at the end of the run; flows
+retired before are folded into a bounded table of finished edges as they retire (so the edges
+of a long run outlive the tracker's history), and new (initiator, responder) host pairs are
+counted as flows are created.
 """
 from __future__ import annotations
 
@@ -104,8 +105,8 @@ class ConnectionGraph:
     """Directed host graph derived from flows.
 
     Args:
-        flows: returns the active flows when the graph is read (``FlowTracker.snapshot``);
-            None until :meth:`attach` gives one.
+        flows: returns the active flows (and those retired at the end of the run) when the
+            graph is read (``FlowTracker.last_flows``); None until :meth:`attach` gives one.
         max_edges: finished edges (of retired flows) kept; the oldest-created eighth goes
             when full. Active flows always count.
         rate_window: seconds of per-second new-edge counts remembered.
@@ -133,7 +134,7 @@ class ConnectionGraph:
     # --- wiring (called once per flow, from the flow table's listeners) -------------------
     def attach(self, tracker: FlowTracker) -> None:
         """Read active flows from ``tracker`` and listen to its new and retired flows."""
-        self.flows = tracker.snapshot
+        self.flows = tracker.last_flows
         tracker.new_flow_listeners.append(self.on_new_flow)
         tracker.listeners.append(self.on_retire)
 
@@ -186,7 +187,10 @@ class ConnectionGraph:
         self._npairs = n
 
     def on_retire(self, flow: Flow) -> None:
-        """Fold a finished flow into the table of finished edges."""
+        """Fold a finished flow into the table of finished edges (not at the end of the run:
+        those stay with the flow table, :meth:`view` reads them like active flows)."""
+        if flow.retired == "end":
+            return
         first, last = flow.first_seen, flow.last_seen
         with self._lock:
             done = self._done

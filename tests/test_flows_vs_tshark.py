@@ -69,3 +69,28 @@ def test_ip_conversations_equal(capture: Path, tmp_path: Path) -> None:
         _add(theirs, tuple(sorted([a, b])), a, b,
              c["frames_a_to_b"], c["bytes_a_to_b"], c["frames_b_to_a"], c["bytes_b_to_a"])
     assert {k: tuple(v) for k, v in ours.items()} == {k: tuple(v) for k, v in theirs.items()}
+
+
+#: the export's ``tcp`` counters and the expected files' tcp_analysis counts they equal
+TCP_TOTALS = {"retransmissions": "retransmission", "fast_retransmissions": "fast_retransmission",
+              "spurious_retransmissions": "spurious_retransmission",
+              "out_of_order": "out_of_order", "dup_acks": "duplicate_ack",
+              "zero_windows": "zero_window", "zero_window_probes": "zero_window_probe",
+              "keep_alives": "keep_alive", "window_full": "window_full",
+              "lost_segments": "lost_segment", "resets": "rst", "packets": "tcp_frames"}
+
+
+@pytest.mark.parametrize("capture", [p for p in READABLE if expected_for(p)["tcp_analysis"]
+                                     and expected_for(p)["tcp_analysis"]["tcp_frames"]],
+                         ids=lambda p: p.name)
+def test_tcp_section_equals_tshark_analysis(capture: Path, tmp_path: Path) -> None:
+    """The run's TCP totals count every connection once, whether its flow left the table
+    during the run (closed, idle) or at its end."""
+    doc = export(capture, tmp_path)
+    ta = expected_for(capture)["tcp_analysis"]
+    tcp = doc["tcp"]
+    assert {ours: tcp[ours] for ours in TCP_TOTALS} == \
+        {ours: ta[theirs] for ours, theirs in TCP_TOTALS.items()}
+    assert tcp["handshake_rtt_ms"]["count"] == len(ta["initial_rtt"])
+    tcp_flows = [f for f in doc["flows"] if f["protocol"] == "TCP"]
+    assert tcp["connections"] == sum(tcp["states"].values()) == len(tcp_flows)

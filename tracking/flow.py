@@ -319,6 +319,10 @@ class FlowTracker:
         self._generations: dict[tuple, int] = {}
         self.retired: list[Flow] = []
         self.retired_dropped = 0
+        #: the flows :meth:`finish` retired (all of them, whatever the history keeps): listeners
+        #: that fold retired flows into totals may leave these to their readers (see
+        #: :meth:`last_flows`), as nothing can change them any more
+        self.ended: list[Flow] = []
         self.total_flows = 0
         self.evicted = 0
         self.expired = 0
@@ -462,6 +466,10 @@ class FlowTracker:
 
     def _retire(self, flow: Flow, why: str) -> None:
         self._unlink(flow)
+        self._record(flow, why)
+
+    def _record(self, flow: Flow, why: str) -> None:
+        """Mark ``flow`` (already out of the table) retired, keep it, tell the listeners."""
         flow.retired = why
         gens = self._generations
         if len(gens) >= 4 * self.max_flows:
@@ -506,15 +514,27 @@ class FlowTracker:
             self.expire(now)
 
     def finish(self) -> None:
-        """End of capture: every active flow is retired so listeners see its final state."""
-        for flow in list(self._table.values()):
-            self._retire(flow, "end")
+        """End of capture: every active flow is retired ("end") so listeners see its final
+        state; they also stay in :attr:`ended`."""
+        flows = list(self._table.values())
+        self._table.clear()  # at once: no flow is looked up any more
+        self.ended.extend(flows)
+        for flow in flows:
+            self._record(flow, "end")
 
     # ---- readers -----------------------------------------------------------------------------
     def snapshot(self) -> list[Flow]:
         """Active flows (shared objects: read them, don't change them)."""
         with self.lock:
             return list(self._table.values())
+
+    def last_flows(self) -> list[Flow]:
+        """The active flows and those :meth:`finish` retired: what a reader still has to count
+        when its listener folds only the flows that left before the end (the connection
+        graph, the TCP totals), which saves that work at the end of a run whose totals no one
+        reads."""
+        with self.lock:
+            return list(self._table.values()) + self.ended
 
     def active_flows(self) -> Iterable[Flow]:
         """The live view of the active flows, for code on the pipeline thread (no copy)."""
