@@ -12,16 +12,7 @@ Queries are never sent for special ranges or addresses the user marked private.
 from __future__ import annotations
 
 import socket
-from typing import Callable, Sequence
-
-import dns.exception
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdatatype
-import dns.resolver
-import dns.reversename
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from config import (DB_DNS_CACHE_TTL, DNS_CACHE_SIZE, DNS_CACHE_TTL, DNS_RDNS_ENABLED,
                     DNS_RDNS_WORKERS, DNS_TIMEOUT)
@@ -33,6 +24,12 @@ from geo.scopes import PUBLIC, NetSet, scope_of
 from geo.workers import WorkQueue
 from utils.logger import get_logger
 
+if TYPE_CHECKING:
+    import dns.name
+
+# dnspython is imported where reverse lookups happen: only a run with rDNS on needs it, and it
+# is most of this module's import time (~85 ms of a headless file read's start-up).
+
 log = get_logger(__name__)
 
 NEGATIVE_TTL = 300.0       # seconds "no PTR" is remembered
@@ -40,6 +37,8 @@ NEGATIVE_TTL = 300.0       # seconds "no PTR" is remembered
 
 def system_nameserver() -> str | None:
     """The first nameserver of /etc/resolv.conf (None if there is none)."""
+    import dns.exception
+    import dns.resolver
     try:
         servers = dns.resolver.Resolver(configure=True).nameservers
     except (OSError, dns.exception.DNSException):
@@ -124,6 +123,12 @@ class DNSResolver:
         """One PTR query now (blocking); the first answer's name as wire bytes, or None."""
         if self.nameserver is None:
             return None
+        import dns.exception
+        import dns.message
+        import dns.query
+        import dns.rcode
+        import dns.rdatatype
+        import dns.reversename
         try:
             qname = dns.reversename.from_address(ip)
         except (ValueError, dns.exception.SyntaxError):

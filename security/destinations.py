@@ -19,15 +19,17 @@ import threading
 import time
 from datetime import datetime, timezone
 from email.message import EmailMessage
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import requests
 
 from config import ALERT_EMAIL_TO, ALERT_SMTP, ALERT_SYSLOG, ALERT_WEBHOOK_SECRET, \
     ALERT_WEBHOOK_URL, VERSION
 from security.alert import SEVERITY_RANK, Alert
 from utils.logger import get_logger
+
+if TYPE_CHECKING:
+    import requests
 
 log = get_logger(__name__)
 
@@ -40,8 +42,9 @@ class DeliveryError(RuntimeError):
     """A destination refused an alert (the message carries no secret)."""
 
 
-#: what a failed delivery may raise; anything else is a bug and is logged as such
-_DELIVERY_ERRORS = (OSError, requests.RequestException, smtplib.SMTPException, DeliveryError)
+#: what a failed delivery may raise; anything else is a bug and is logged as such (requests'
+#: RequestException is an OSError)
+_DELIVERY_ERRORS = (OSError, smtplib.SMTPException, DeliveryError)
 
 
 class QueuedDestination:
@@ -163,6 +166,7 @@ class QueuedDestination:
 
 def _describe(exc: BaseException) -> str:
     # requests puts full URLs (with tokens) in messages: keep only the type for those.
+    import requests
     if isinstance(exc, requests.RequestException):
         return type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else ""
@@ -300,7 +304,10 @@ class WebhookDestination(QueuedDestination):
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
-        self._session = session or requests.Session()
+        if session is None:
+            import requests  # (only a configured client needs it: ~55 ms of start-up)
+            session = requests.Session()
+        self._session = session
         self.name = f"webhook {parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         self.retried = 0
 
@@ -313,6 +320,7 @@ class WebhookDestination(QueuedDestination):
             self._post(self.body(alert))
 
     def _post(self, body: bytes) -> None:
+        import requests
         headers = {"Content-Type": "application/json",
                    "User-Agent": f"PacketTracer/{VERSION}"}
         if self._secret:
