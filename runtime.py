@@ -497,12 +497,12 @@ def build_components(settings: Settings, flows: FlowTracker,
     totals = TcpTotals()
 
     def on_retire_keep_facts(flow: Any) -> None:
-        # Facts of retired flows are kept for the export until the run ends; the flows of the
-        # end are read with the live ones (last_flows), only if someone asks.
-        if flow.tcp is not None and flow.retired != "end":
+        # Facts of retired flows are kept for the export until the run ends (a fold listener:
+        # the flows of the end are read with the live ones, last_flows, if someone asks).
+        if flow.tcp is not None:
             totals.add(flow.tcp)
 
-    flows.listeners.append(on_retire_keep_facts)
+    flows.fold_listeners.append(on_retire_keep_facts)
     c.tcp_totals_fn = lambda: totals.merged(
         f.tcp for f in flows.last_flows() if f.tcp is not None).as_dict()
 

@@ -15,6 +15,7 @@ import queue
 import smtplib
 import socket
 import ssl
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -165,9 +166,10 @@ class QueuedDestination:
 
 
 def _describe(exc: BaseException) -> str:
-    # requests puts full URLs (with tokens) in messages: keep only the type for those.
-    import requests
-    if isinstance(exc, requests.RequestException):
+    # requests puts full URLs (with tokens) in messages: keep only the type for those (none
+    # can be one while requests was never imported, so an SMTP error does not import it).
+    requests = sys.modules.get("requests")
+    if requests is not None and isinstance(exc, requests.RequestException):
         return type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

@@ -136,11 +136,11 @@ class ConnectionGraph:
         """Read active flows from ``tracker`` and listen to its new and retired flows."""
         self.flows = tracker.last_flows
         tracker.new_flow_listeners.append(self.on_new_flow)
-        tracker.listeners.append(self.on_retire)
+        tracker.fold_listeners.append(self.on_retire)
 
     def detach(self, tracker: FlowTracker) -> None:
         for table, fn in ((tracker.new_flow_listeners, self.on_new_flow),
-                          (tracker.listeners, self.on_retire)):
+                          (tracker.fold_listeners, self.on_retire)):
             if fn in table:
                 table.remove(fn)
 
@@ -187,10 +187,8 @@ class ConnectionGraph:
         self._npairs = n
 
     def on_retire(self, flow: Flow) -> None:
-        """Fold a finished flow into the table of finished edges (not at the end of the run:
-        those stay with the flow table, :meth:`view` reads them like active flows)."""
-        if flow.retired == "end":
-            return
+        """Fold a finished flow into the table of finished edges (a fold listener: the flows of
+        the run's end stay with the flow table, :meth:`view` reads them like active flows)."""
         first, last = flow.first_seen, flow.last_seen
         with self._lock:
             done = self._done

@@ -191,8 +191,7 @@ class SecurityMonitor:
         while pkt is not None:
             self.packets += 1
             if pkt.arp is not None:
-                for fn in self._arp:
-                    fn(pkt)
+                self.process_other(pkt)
             elif own is not None and pkt.ip_version:
                 hit = own.process(pkt)
                 if hit is not None:
