@@ -76,8 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     misc.add_argument("--config", metavar="PATH", help="TOML config file")
     misc.add_argument("--log-file", metavar="PATH", help="log file (default ~/.packettracer/packettracer.log)")
     misc.add_argument("-v", "--verbose", action="count", default=0, help="more log detail (-vv for debug)")
-    misc.add_argument("--version", action="version", version=f"PacketTracer {config.VERSION}")
+    misc.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     return p
+
+
+class _Version(argparse.Action):
+    """``--version``: the version and which parser runs (the compiled fast path, which run.sh
+    builds where a C compiler is present, or pure Python)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
+        from capture.parser import PARSER_BUILD
+        sys.stdout.write(f"PacketTracer {config.VERSION} (parser: {PARSER_BUILD})\n")
+        parser.exit()
 
 
 def cli_overrides(args: argparse.Namespace) -> dict:
@@ -200,6 +210,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"packettracer: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(settings.LOG_FILE, args.verbose, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS)
+    from capture.parser import PARSER_BUILD
+    log.info("PacketTracer %s, parser: %s", config.VERSION, PARSER_BUILD)
     if args.list:
         return list_interfaces_cmd()
     if args.sessions or args.session is not None:

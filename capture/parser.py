@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Callable
 
 from capture.packet import (
     ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_MPLS, ETH_MPLS_MC, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6,
@@ -90,9 +91,12 @@ def _v6(raw: bytes) -> str:
     return s
 
 
-def parse(data: bytes, linktype: int = LINKTYPE_ETHERNET, ts: float = 0.0,
-          wire_len: int | None = None, iface: int = 0) -> ParsedPacket:
-    """Decode one frame. Never raises; see ``ParsedPacket.malformed``."""
+def parse_python(data: bytes, linktype: int = LINKTYPE_ETHERNET, ts: float = 0.0,
+                 wire_len: int | None = None, iface: int = 0) -> ParsedPacket:
+    """Decode one frame. Never raises; see ``ParsedPacket.malformed``.
+
+    :func:`parse` is this function, or its fast path compiled (``capture/_cparse.pyx``) when
+    that is built."""
     n = len(data)
     if wire_len is None:
         wire_len = n
@@ -597,3 +601,22 @@ def _arp_body(pkt: ParsedPacket, data: bytes, off: int) -> None:
     tha = data[body + hlen + 4:body + 2 * hlen + 4]
     tpa = _ntoa(data[body + 2 * hlen + 4:body + 2 * hlen + 8])
     pkt.arp = ArpInfo(op, sha, spa, tha, tpa)
+
+
+def _compiled() -> Callable[..., ParsedPacket] | None:
+    """The compiled fast path bound to this module's helpers, or None when it is not built
+    (``run.sh`` builds it where a C compiler is present)."""
+    try:
+        from capture import _cparse
+    except ImportError:
+        return None
+    _cparse.bind(ParsedPacket, parse_general, parse_python, _tcp_opts, _v4, _v6, _v4_cache,
+                 _v6_cache)
+    return _cparse.parse
+
+
+#: the parse every caller uses: the compiled fast path when built (decoding exactly as
+#: :func:`parse_python`, the tests compare the two), else :func:`parse_python`
+parse: Callable[..., ParsedPacket] = _compiled() or parse_python
+#: which of the two :func:`parse` is ("compiled" or "python"), for the log and ``--version``
+PARSER_BUILD = "python" if parse is parse_python else "compiled"

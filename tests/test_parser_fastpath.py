@@ -1,5 +1,7 @@
 """The parser's fast path (plain Ethernet/IPv4/IPv6 + TCP/UDP) must decode exactly like the
-general path: same record, field for field, on every real capture and on damaged variants."""
+general path: same record, field for field, on every real capture and on damaged variants.
+Both fast paths are held to it: the Python one and the compiled one (capture/_cparse.pyx, which
+run.sh builds; CI must have it)."""
 from __future__ import annotations
 
 import random
@@ -9,9 +11,28 @@ from pathlib import Path
 import pytest
 
 from capture.errors import CaptureFileError
-from capture.parser import parse, parse_general
+from capture import parser
+from capture.parser import parse_general, parse_python
 from capture.reader import CaptureFile
-from tests.conftest import CAPTURE_FILES
+from tests.conftest import CAPTURE_FILES, require
+
+
+def _compiled():
+    try:
+        from capture import _cparse
+    except ImportError:
+        require(False, "the compiled parser (capture/_cparse.pyx) is not built: ./run.sh builds it")
+    return _cparse.parse
+
+
+@pytest.fixture(params=["python", "compiled"])
+def parse(request: pytest.FixtureRequest):
+    return parse_python if request.param == "python" else _compiled()
+
+
+def test_the_parser_in_use_is_the_compiled_one_when_built() -> None:
+    compiled = _compiled()
+    assert parser.parse is compiled and parser.PARSER_BUILD == "compiled"
 
 
 def _frames(path: Path) -> list:
@@ -22,7 +43,7 @@ def _frames(path: Path) -> list:
 
 
 @pytest.mark.parametrize("path", CAPTURE_FILES, ids=lambda p: p.name)
-def test_fast_path_equals_general_path_on_real_captures(path: Path) -> None:
+def test_fast_path_equals_general_path_on_real_captures(path: Path, parse) -> None:
     frames = _frames(path)
     for i, f in enumerate(frames, 1):
         fast = parse(f.data, f.linktype, f.ts, f.wire_len, f.iface)
@@ -47,7 +68,7 @@ def _udp6(payload: bytes = b"x" * 20, ulen: int | None = None, tclass: int = 0) 
     return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip + udp + payload
 
 
-def test_fast_path_equals_general_path_on_mutated_frames() -> None:
+def test_fast_path_equals_general_path_on_mutated_frames(parse) -> None:
     seeds = [_tcp4(), _tcp4(tos=0xB9, frag=0), _tcp4(doff=8, opts=b"\x01\x01\x08\x0a" + b"\x00" * 8),
              _tcp4(vlan=True), _tcp4(frag=0x8000), _tcp4(doff=15), _udp6(), _udp6(ulen=3),
              _udp6(ulen=2000, tclass=0x2E)]
@@ -65,3 +86,18 @@ def test_fast_path_equals_general_path_on_mutated_frames() -> None:
                 assert parse(v, 1, 1.5, wire_len) == parse_general(v, 1, 1.5, wire_len), v.hex()
                 checked += 1
     assert checked > 1000
+
+
+def test_compiled_fast_path_takes_any_buffer_and_keyword_arguments() -> None:
+    """Callers pass bytearrays and keywords too (the relay, tests): the compiled parse answers
+    them as the Python one does."""
+    compiled = _compiled()
+    frame = _tcp4(payload=b"GET / HTTP/1.1\r\n")
+    for data in (frame, bytearray(frame), memoryview(frame)):
+        assert compiled(data, 1, 2.5, 999, 3) == parse_python(data, 1, 2.5, 999, 3)
+    assert compiled(frame, ts=2.5, wire_len=999) == parse_python(frame, 1, 2.5, 999)
+    pkt = compiled(frame, wire_len=None)
+    assert (pkt.src_ip, pkt.dst_ip, pkt.sport, pkt.dport, pkt.wire_len) == \
+        ("10.0.0.1", "10.0.0.2", 40000, 443, len(frame))
+    assert bytes(pkt.payload) == b"GET / HTTP/1.1\r\n"
+    assert compiled(frame[:30]).malformed  # short frames still reach the general path
