@@ -45,25 +45,30 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     rm -f "$venv/.parser-build-failed"
     if [ -n "${SUDO_UID:-}" ]; then chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$venv" 2>/dev/null || true; fi
 fi
-# The parser's fast path, compiled (capture/_cparse.pyx): built with the venv's Cython when the
-# module is missing or older than its source. It needs a C compiler and the Python headers
-# (Debian: gcc python3-dev); without them the same parse runs in pure Python, ~2x slower. A
-# failed build is not retried until the source or the requirements change.
-pyx="$here/capture/_cparse.pyx"
-built=("$here"/capture/_cparse.cpython-*.so)
+# The parser's fast path and the pcap record loop, compiled (capture/_c*.pyx): built with the
+# venv's Cython when a module is missing or older than its source. That needs a C compiler and
+# the Python headers (Debian: gcc python3-dev); without them the same code runs in pure Python,
+# ~2x slower to parse. A failed build is not retried until a source or the requirements change.
 failed="$venv/.parser-build-failed"
-pyx_sum="$(sha256sum "$pyx" | cut -d' ' -f1)"
-if { [ ! -e "${built[0]}" ] || [ "$pyx" -nt "${built[0]}" ]; } && [ "$(cat "$failed" 2>/dev/null)" != "$pyx_sum" ]; then
-    tmp="$(mktemp -d)"
-    if (cd "$tmp" && "$venv/bin/cythonize" -q -i -3 "$pyx") >"$tmp/log" 2>&1; then
-        rm -f "$failed"
-        if [ -n "${SUDO_UID:-}" ]; then chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$here"/capture/_cparse.* 2>/dev/null || true; fi
-    else
-        cp "$tmp/log" "$venv/parser-build.log"
-        echo "$pyx_sum" > "$failed"
-        echo "packettracer: the compiled parser was not built (needs gcc and python3-dev; see $venv/parser-build.log; delete $failed to retry): parsing in pure Python" >&2
+stale=()
+for pyx in "$here"/capture/_c*.pyx; do
+    so=("${pyx%.pyx}".cpython-*.so)
+    if [ ! -e "${so[0]}" ] || [ "$pyx" -nt "${so[0]}" ]; then stale+=("$pyx"); fi
+done
+if [ "${#stale[@]}" -gt 0 ]; then
+    sources_sum="$(cat "$here"/capture/_c*.pyx | sha256sum | cut -d' ' -f1)"
+    if [ "$(cat "$failed" 2>/dev/null)" != "$sources_sum" ]; then
+        tmp="$(mktemp -d)"
+        if (cd "$tmp" && "$venv/bin/cythonize" -q -i -3 "${stale[@]}") >"$tmp/log" 2>&1; then
+            rm -f "$failed"
+            if [ -n "${SUDO_UID:-}" ]; then chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$here"/capture/_c*.* 2>/dev/null || true; fi
+        else
+            cp "$tmp/log" "$venv/parser-build.log"
+            echo "$sources_sum" > "$failed"
+            echo "packettracer: the compiled parser was not built (needs gcc and python3-dev; see $venv/parser-build.log; delete $failed to retry): parsing in pure Python" >&2
+        fi
+        rm -rf "$tmp"
     fi
-    rm -rf "$tmp"
 fi
 if [ "${1:-}" = "--test" ]; then
     shift

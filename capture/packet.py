@@ -58,9 +58,11 @@ def mac_str(mac: bytes) -> str:
     return mac.hex(":") if mac else ""
 
 
-@dataclass(slots=True)
-class TcpOptions:
-    """TCP options from the header, in the order the sender wrote them."""
+class TcpOptions(msgspec.Struct, gc=False):
+    """TCP options from the header, in the order the sender wrote them.
+
+    A msgspec Struct, as :class:`ParsedPacket` is: real traffic carries options (timestamps) on
+    most segments, and the compiled parser builds one per such packet in one C-level call."""
 
     mss: int | None = None
     wscale: int | None = None

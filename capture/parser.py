@@ -610,7 +610,7 @@ def _compiled() -> Callable[..., ParsedPacket] | None:
         from capture import _cparse
     except ImportError:
         return None
-    _cparse.bind(ParsedPacket, parse_general, parse_python, _tcp_opts, _v4, _v6, _v4_cache,
+    _cparse.bind(ParsedPacket, parse_general, parse_python, TcpOptions, _v4, _v6, _v4_cache,
                  _v6_cache)
     return _cparse.parse
 

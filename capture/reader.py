@@ -20,6 +20,11 @@ from capture.errors import CaptureFileError
 from capture.packet import ParsedPacket
 from capture.parser import LINKTYPE_NAMES, parse
 
+try:  # the pcap record loop compiled (run.sh builds it where a C compiler is present)
+    from capture._creader import pcap_records as _pcap_compiled
+except ImportError:
+    _pcap_compiled = None
+
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
@@ -121,6 +126,13 @@ class CaptureFile:
         return self._pcap_records(endian, linktype, 1e-9 if nsec else 1e-6)
 
     def _pcap_records(self, endian: str, linktype: int, scale: float) -> Iterator[RawFrame]:
+        if _pcap_compiled is not None:
+            return _pcap_compiled(self._buf, endian == "<", linktype, scale, self.info, RawFrame,
+                                  _MAX_RECORD)
+        return self._pcap_python(endian, linktype, scale)
+
+    def _pcap_python(self, endian: str, linktype: int, scale: float) -> Iterator[RawFrame]:
+        """The record loop (compiled as ``capture/_creader.pyx`` when run.sh could build it)."""
         buf = self._buf
         rec = struct.Struct(endian + "IIII").unpack_from
         off = 24

@@ -112,3 +112,57 @@ def test_pcapng_writer_round_trip_through_tshark(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.split()) == len(frames)
+
+
+def _pcap_variants(tmp_path: Path) -> list[Path]:
+    """Every pcap among the real captures, and damaged and big-endian copies of one."""
+    import struct
+    from tests.conftest import CAPTURES
+    pcaps = [p for p in CAPTURE_FILES if p.read_bytes()[:4] != b"\x0a\x0d\x0d\x0a"]
+    src = (CAPTURES / "smtp-session.pcap").read_bytes()
+    out = list(pcaps)
+
+    def put(name: str, data: bytes) -> None:
+        out.append(tmp_path / name)
+        out[-1].write_bytes(data)
+
+    put("cut-header.pcap", src[:24 + 16 + 60 + 8])       # a record header cut short
+    put("cut-data.pcap", src[:len(src) - 10])            # the last frame's data cut short
+    bad = bytearray(src)
+    struct.pack_into("<I", bad, 24 + 8, 0x7FFFFFFF)      # the first record's length absurd
+    put("bad-length.pcap", bytes(bad))
+    # the same file written big-endian (pcap allows either byte order)
+    be = bytearray(struct.pack(">IHHiIII", *struct.unpack_from("<IHHiIII", src, 0)))
+    off = 24
+    while off + 16 <= len(src):
+        rec = struct.unpack_from("<IIII", src, off)
+        be += struct.pack(">IIII", *rec) + src[off + 16:off + 16 + rec[2]]
+        off += 16 + rec[2]
+    put("big-endian.pcap", bytes(be))
+    return out
+
+
+def test_compiled_pcap_loop_reads_as_the_python_loop(tmp_path: Path) -> None:
+    """The compiled record loop (capture/_creader.pyx, built by run.sh; CI must have it) gives
+    the same frames and the same damage report as the Python loop, damaged files included."""
+    from capture import reader
+    from tests.conftest import require
+    require(reader._pcap_compiled is not None,
+            "the compiled pcap loop (capture/_creader.pyx) is not built: ./run.sh builds it")
+    compared = damaged = 0
+    for path in _pcap_variants(tmp_path):
+        try:
+            a, b = CaptureFile(path), CaptureFile(path)
+        except CaptureFileError:
+            continue
+        assert a.info.format.startswith("pcap")
+        linktype = a.info.linktypes[0]
+        scale = 1e-9 if a.info.format == "pcap-nsec" else 1e-6
+        endian = ">" if b._buf[:4] in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d") else "<"
+        py = list(b._pcap_python(endian, linktype, scale))
+        compiled = list(a)
+        assert compiled == py, path.name
+        assert (a.info.packets, a.info.damage) == (b.info.packets, b.info.damage), path.name
+        compared += len(py)
+        damaged += bool(a.info.damage)
+    assert compared > 1000 and damaged >= 3

@@ -101,3 +101,27 @@ def test_compiled_fast_path_takes_any_buffer_and_keyword_arguments() -> None:
         ("10.0.0.1", "10.0.0.2", 40000, 443, len(frame))
     assert bytes(pkt.payload) == b"GET / HTTP/1.1\r\n"
     assert compiled(frame[:30]).malformed  # short frames still reach the general path
+
+
+def test_fast_path_decodes_tcp_options_as_the_general_path(parse) -> None:
+    """Option areas of every length, made of real options (MSS, window scale, SACK, timestamps,
+    NOP, EOL), unknown kinds (one to three digits), bad and overlong lengths and plain noise:
+    the layout string, values and SACK blocks must come out as the general path decodes them."""
+    rnd = random.Random(11)
+    real = [b"\x02\x04\x05\xb4", b"\x03\x03\x07", b"\x04\x02", b"\x01", b"\x00",
+            b"\x08\x0a" + bytes(range(8)), b"\x05\x0a" + bytes(range(8)),
+            b"\x05\x12" + bytes(range(16)), b"\x1e\x04\x00\x00", b"\xfe\x02", b"\x09\x02",
+            b"\x02\x03\x05", b"\x08\x01", b"\x03\x09\x07"]
+    layouts = set()
+    for _ in range(3000):
+        opts = b""
+        while len(opts) < rnd.choice((4, 12, 20, 40)):
+            opts += rnd.choice(real) if rnd.random() < 0.8 else bytes([rnd.randrange(256)])
+        opts = opts[:40]
+        opts += b"\x01" * (-len(opts) % 4)
+        frame = _tcp4(doff=5 + len(opts) // 4, opts=opts, flags=rnd.choice((0x02, 0x12, 0x10)))
+        fast, slow = parse(frame), parse_general(frame)
+        assert fast == slow, opts.hex()
+        layouts.add(fast.tcp_options.order)
+    assert len(layouts) > 500 and any("?254" in o for o in layouts) and \
+        any(o.endswith("?") for o in layouts) and any("K" in o for o in layouts)
