@@ -128,7 +128,9 @@ def main() -> None:
         res["pipeline_tshark_round_ratios"] = ratios
     version = subprocess.run([py, "-c", "import sys; print(sys.version.split()[0], sys.base_prefix)"],
                              capture_output=True, text=True).stdout.strip()
-    print(f"capture: {a.capture} ({n} packets); python {version}")
+    build = subprocess.run([py, "-c", "from capture.parser import PARSER_BUILD; print(PARSER_BUILD)"],
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip() or "?"
+    print(f"capture: {a.capture} ({n} packets); python {version}; parser {build}")
     for k, v in res.items():
         if isinstance(v, list):
             print(f"  {k:<20} {' '.join(f'{r:.2f}' for r in v)}")

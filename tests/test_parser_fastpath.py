@@ -68,10 +68,23 @@ def _udp6(payload: bytes = b"x" * 20, ulen: int | None = None, tclass: int = 0) 
     return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip + udp + payload
 
 
+def _icmp(version: int, icmp_type: int, body: bytes = b"\x12\x34\x00\x07" + b"p" * 24) -> bytes:
+    msg = bytes([icmp_type, 0, 0, 0]) + body
+    if version == 4:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(msg), 9, 0, 64, 1, 0,
+                         bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+        return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + msg
+    ip = struct.pack("!IHBB16s16s", 6 << 28, len(msg), 58, 64,
+                     b"\xfe\x80" + b"\x00" * 13 + b"\x01", b"\xfe\x80" + b"\x00" * 13 + b"\x02")
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip + msg
+
+
 def test_fast_path_equals_general_path_on_mutated_frames(parse) -> None:
     seeds = [_tcp4(), _tcp4(tos=0xB9, frag=0), _tcp4(doff=8, opts=b"\x01\x01\x08\x0a" + b"\x00" * 8),
              _tcp4(vlan=True), _tcp4(frag=0x8000), _tcp4(doff=15), _udp6(), _udp6(ulen=3),
-             _udp6(ulen=2000, tclass=0x2E)]
+             _udp6(ulen=2000, tclass=0x2E), _icmp(4, 8), _icmp(4, 0), _icmp(4, 13), _icmp(4, 9),
+             _icmp(4, 11, _tcp4()[14:50]), _icmp(6, 128), _icmp(6, 129), _icmp(6, 135),
+             _icmp(6, 3, _udp6()[14:70])]
     rnd = random.Random(7)
     checked = 0
     for seed in seeds:
