@@ -42,33 +42,35 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$venv/bin/pip" install --quiet --upgrade pip >&2
     "$venv/bin/pip" install --quiet -r "$here/requirements-dev.txt" >&2
     echo "$want" > "$stamp"
-    rm -f "$venv/.parser-build-failed"
+    rm -f "$venv/.compiled"
     if [ -n "${SUDO_UID:-}" ]; then chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$venv" 2>/dev/null || true; fi
 fi
-# The parser's fast path and the pcap record loop, compiled (capture/_c*.pyx): built with the
-# venv's Cython when a module is missing or older than its source. That needs a C compiler and
-# the Python headers (Debian: gcc python3-dev); without them the same code runs in pure Python,
-# ~2x slower to parse. A failed build is not retried until a source or the requirements change.
-failed="$venv/.parser-build-failed"
-stale=()
+# The parser's fast path and the pcap record loop, compiled (capture/_c*.pyx) with the venv's
+# Cython for the venv's Python: built again when a source, the requirements or the venv change
+# (the state file in .venv holds the sources' checksum). That needs a C compiler and the Python
+# headers (Debian: gcc python3-dev); without them the same code runs in pure Python, ~2x slower
+# to parse, and a failed build is not retried until something changes.
+compiled_state="$venv/.compiled"
+sources_sum="$(cat "$here"/capture/_c*.pyx | sha256sum | cut -d' ' -f1)"
+state="$(cat "$compiled_state" 2>/dev/null || true)"
+built=0
 for pyx in "$here"/capture/_c*.pyx; do
     so=("${pyx%.pyx}".cpython-*.so)
-    if [ ! -e "${so[0]}" ] || [ "$pyx" -nt "${so[0]}" ]; then stale+=("$pyx"); fi
+    if [ -e "${so[0]}" ]; then built=$((built + 1)); fi
 done
-if [ "${#stale[@]}" -gt 0 ]; then
-    sources_sum="$(cat "$here"/capture/_c*.pyx | sha256sum | cut -d' ' -f1)"
-    if [ "$(cat "$failed" 2>/dev/null)" != "$sources_sum" ]; then
-        tmp="$(mktemp -d)"
-        if (cd "$tmp" && "$venv/bin/cythonize" -q -i -3 "${stale[@]}") >"$tmp/log" 2>&1; then
-            rm -f "$failed"
-            if [ -n "${SUDO_UID:-}" ]; then chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$here"/capture/_c*.* 2>/dev/null || true; fi
-        else
-            cp "$tmp/log" "$venv/parser-build.log"
-            echo "$sources_sum" > "$failed"
-            echo "packettracer: the compiled parser was not built (needs gcc and python3-dev; see $venv/parser-build.log; delete $failed to retry): parsing in pure Python" >&2
-        fi
-        rm -rf "$tmp"
+pyx_count=$(ls "$here"/capture/_c*.pyx | wc -l)
+if [ "$state" != "failed $sources_sum" ] && { [ "$state" != "ok $sources_sum" ] || [ "$built" -ne "$pyx_count" ]; }; then
+    tmp="$(mktemp -d)"
+    if (cd "$tmp" && "$venv/bin/cythonize" -f -q -i -3 "$here"/capture/_c*.pyx) >"$tmp/log" 2>&1; then
+        echo "ok $sources_sum" > "$compiled_state"
+        if [ -n "${SUDO_UID:-}" ]; then chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$here"/capture/_c*.* "$compiled_state" 2>/dev/null || true; fi
+    else
+        cp "$tmp/log" "$venv/compile.log"
+        rm -f "$here"/capture/_c*.so  # an older build must not run with newer Python code
+        echo "failed $sources_sum" > "$compiled_state"
+        echo "packettracer: the compiled parser was not built (needs gcc and python3-dev; see $venv/compile.log; delete $compiled_state to retry): parsing in pure Python" >&2
     fi
+    rm -rf "$tmp"
 fi
 if [ "${1:-}" = "--test" ]; then
     shift
