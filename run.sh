@@ -64,6 +64,9 @@ if [ "$state" != "failed $sources_sum" ] && { [ "$state" != "ok $sources_sum" ] 
     if (cd "$tmp" && "$venv/bin/cythonize" -f -q -i -3 "$here"/capture/_c*.pyx) >"$tmp/log" 2>&1; then
         echo "ok $sources_sum" > "$compiled_state"
         if [ -n "${SUDO_UID:-}" ]; then chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$here"/capture/_c*.* "$compiled_state" 2>/dev/null || true; fi
+        # setuptools also leaves a copy under build/lib.*/ at the project's root: only ours goes
+        rm -f "$here"/build/lib.*/capture/_c*.so
+        rmdir "$here"/build/lib.*/capture "$here"/build/lib.* "$here/build" 2>/dev/null || true
     else
         cp "$tmp/log" "$venv/compile.log"
         rm -f "$here"/capture/_c*.so  # an older build must not run with newer Python code
