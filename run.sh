@@ -53,13 +53,12 @@ fi
 compiled_state="$venv/.compiled"
 sources_sum="$(cat "$here"/capture/_c*.pyx | sha256sum | cut -d' ' -f1)"
 state="$(cat "$compiled_state" 2>/dev/null || true)"
-built=0
+missing=0
 for pyx in "$here"/capture/_c*.pyx; do
     so=("${pyx%.pyx}".cpython-*.so)
-    if [ -e "${so[0]}" ]; then built=$((built + 1)); fi
+    [ -e "${so[0]}" ] || missing=1
 done
-pyx_count=$(ls "$here"/capture/_c*.pyx | wc -l)
-if [ "$state" != "failed $sources_sum" ] && { [ "$state" != "ok $sources_sum" ] || [ "$built" -ne "$pyx_count" ]; }; then
+if [ "$state" != "failed $sources_sum" ] && { [ "$state" != "ok $sources_sum" ] || [ "$missing" = 1 ]; }; then
     tmp="$(mktemp -d)"
     if (cd "$tmp" && "$venv/bin/cythonize" -f -q -i -3 "$here"/capture/_c*.pyx) >"$tmp/log" 2>&1; then
         echo "ok $sources_sum" > "$compiled_state"

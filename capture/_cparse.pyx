@@ -138,111 +138,95 @@ def parse(object data, int linktype=1, object ts=0.0, object wire_len=None, obje
         return _python(data, linktype, ts, wire_len, iface)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t off, total, l4, end, hlen, ulen, plen
-    cdef unsigned int etype, frag, tos, proto, sport, dport, tclass, doff, icmp_type
-    cdef bint echo
+    cdef Py_ssize_t off, l4, end, avail, hlen, ulen, poff, plen
+    cdef unsigned int etype, proto, tos, ttl, ident = 0, ip_len, version
+    cdef unsigned int sport = 0, dport = 0, flags = 0, seq = 0, ack = 0, window = 0
+    cdef int icmp_type = -1, icmp_code = -1, icmp_id = -1, icmp_seq = -1
+    cdef bint df = False
     cdef object vlans = _EMPTY
-    if wire_len is None:
-        wire_len = n
-    if linktype == 1 and n >= 54:
-        etype = _u16(p + 12)
-        off = 14
-        if etype == 0x8100:
-            # the Python fast path reads 40 bytes from offset 14 (the tag's TCI onwards)
-            etype = _u16(p + 16)
-            vlans = (_u16(p + 14) & 0x0FFF,)
-            off = 18
-        if etype == 0x0800:
-            frag = _u16(p + off + 6)
-            if p[off] == 0x45 and not frag & 0x3FFF:
-                total = _u16(p + off + 2)
-                end = off + total
-                l4 = off + 20
-                if end <= n and total >= 20 and l4 + 16 <= n:
-                    proto = p[off + 9]
-                    tos = p[off + 1]
-                    if proto == 6:
-                        doff = p[l4 + 12]
-                        hlen = (doff >> 4) * 4
-                        if 20 <= hlen <= end - l4:
-                            return _PP(
-                                ts, wire_len, n, 1, iface, data[6:12], data[0:6], vlans, _EMPTY,
-                                0x0800, None, 4, _addr4(_u32(p + off + 12)),
-                                _addr4(_u32(p + off + 16)), p[off + 8], _u16(p + off + 4),
-                                tos >> 2, tos & 3, frag & 0x4000 != 0, False, 0, False, _EMPTY, 6,
-                                total, _u16(p + l4), _u16(p + l4 + 2),
-                                p[l4 + 13] | ((doff & 1) << 8), _u32(p + l4 + 4),
-                                _u32(p + l4 + 8), _u16(p + l4 + 14),
-                                _tcp_opts(data, l4 + 20, l4 + hlen) if hlen > 20 else None,
-                                -1, -1, -1, -1, None, l4 + hlen, end - l4 - hlen, data)
-                    elif proto == 17 and end - l4 >= 8:
-                        sport = _u16(p + l4)
-                        dport = _u16(p + l4 + 2)
-                        if sport != 4789 and dport != 4789:  # VXLAN: the general path
-                            ulen = _u16(p + l4 + 4)
-                            return _PP(
-                                ts, wire_len, n, 1, iface, data[6:12], data[0:6], vlans, _EMPTY,
-                                0x0800, None, 4, _addr4(_u32(p + off + 12)),
-                                _addr4(_u32(p + off + 16)), p[off + 8], _u16(p + off + 4),
-                                tos >> 2, tos & 3, frag & 0x4000 != 0, False, 0, False, _EMPTY,
-                                17, total, sport, dport, 0, 0, 0, 0, None, -1, -1, -1, -1, None,
-                                l4 + 8, ulen - 8 if 8 <= ulen <= end - l4 else end - l4 - 8,
-                                data)
-                    elif proto == 1 and end - l4 >= 8:
-                        icmp_type = p[l4]
-                        if not _ICMP_ERROR[icmp_type]:  # errors quote a header: the general path
-                            echo = _ICMP_ECHO[icmp_type]
-                            return _PP(
-                                ts, wire_len, n, 1, iface, data[6:12], data[0:6], vlans, _EMPTY,
-                                0x0800, None, 4, _addr4(_u32(p + off + 12)),
-                                _addr4(_u32(p + off + 16)), p[off + 8], _u16(p + off + 4),
-                                tos >> 2, tos & 3, frag & 0x4000 != 0, False, 0, False, _EMPTY,
-                                1, total, 0, 0, 0, 0, 0, 0, None, icmp_type, p[l4 + 1],
-                                _u16(p + l4 + 4) if echo else -1,
-                                _u16(p + l4 + 6) if echo else -1, None, l4 + 8, end - l4 - 8,
-                                data)
-        elif etype == 0x86DD and n >= off + 56:
-            plen = _u16(p + off + 4)
-            l4 = off + 40
-            end = l4 + plen
-            if p[off] >> 4 == 6 and plen and end <= n:
-                proto = p[off + 6]
-                tclass = (_u32(p + off) >> 20) & 0xFF
-                if proto == 6:
-                    doff = p[l4 + 12]
-                    hlen = (doff >> 4) * 4
-                    if 20 <= hlen <= plen:
-                        return _PP(
-                            ts, wire_len, n, 1, iface, data[6:12], data[0:6], vlans, _EMPTY,
-                            0x86DD, None, 6, _addr6(data[off + 8:off + 24]),
-                            _addr6(data[off + 24:off + 40]), p[off + 7], 0, tclass >> 2,
-                            tclass & 3, False, False, 0, False, _EMPTY, 6, plen + 40,
-                            _u16(p + l4), _u16(p + l4 + 2), p[l4 + 13] | ((doff & 1) << 8),
-                            _u32(p + l4 + 4), _u32(p + l4 + 8), _u16(p + l4 + 14),
-                            _tcp_opts(data, l4 + 20, l4 + hlen) if hlen > 20 else None,
-                            -1, -1, -1, -1, None, l4 + hlen, plen - hlen, data)
-                elif proto == 17 and plen >= 8:
-                    sport = _u16(p + l4)
-                    dport = _u16(p + l4 + 2)
-                    if sport != 4789 and dport != 4789:
-                        ulen = _u16(p + l4 + 4)
-                        return _PP(
-                            ts, wire_len, n, 1, iface, data[6:12], data[0:6], vlans, _EMPTY,
-                            0x86DD, None, 6, _addr6(data[off + 8:off + 24]),
-                            _addr6(data[off + 24:off + 40]), p[off + 7], 0, tclass >> 2,
-                            tclass & 3, False, False, 0, False, _EMPTY, 17, plen + 40, sport,
-                            dport, 0, 0, 0, 0, None, -1, -1, -1, -1, None, l4 + 8,
-                            ulen - 8 if 8 <= ulen <= plen else plen - 8, data)
-                elif proto == 58 and plen >= 8:
-                    icmp_type = p[l4]
-                    if not 1 <= icmp_type <= 4:  # errors quote a header: the general path
-                        echo = icmp_type == 128 or icmp_type == 129
-                        return _PP(
-                            ts, wire_len, n, 1, iface, data[6:12], data[0:6], vlans, _EMPTY,
-                            0x86DD, None, 6, _addr6(data[off + 8:off + 24]),
-                            _addr6(data[off + 24:off + 40]), p[off + 7], 0, tclass >> 2,
-                            tclass & 3, False, False, 0, False, _EMPTY, 58, plen + 40, 0, 0, 0,
-                            0, 0, 0, None, icmp_type, p[l4 + 1],
-                            _u16(p + l4 + 4) if echo else -1,
-                            _u16(p + l4 + 6) if echo else -1, None, l4 + 8, plen - 8, data)
-    return _general(data, linktype, ts, wire_len, iface)
+    cdef object options = None
+    if linktype != 1 or n < 54:
+        return _general(data, linktype, ts, wire_len, iface)
+    # --- link and network layer: the frames the Python fast path takes
+    etype = _u16(p + 12)
+    off = 14
+    if etype == 0x8100:
+        # the Python fast path reads 40 bytes from offset 14 (the tag's TCI onwards)
+        etype = _u16(p + 16)
+        vlans = (_u16(p + 14) & 0x0FFF,)
+        off = 18
+    if etype == 0x0800:
+        # IPv4 without options, not a fragment, within the frame
+        if p[off] != 0x45 or _u16(p + off + 6) & 0x3FFF:
+            return _general(data, linktype, ts, wire_len, iface)
+        ip_len = _u16(p + off + 2)
+        l4 = off + 20
+        end = off + ip_len
+        if end > n or ip_len < 20:
+            return _general(data, linktype, ts, wire_len, iface)
+        version = 4
+        proto = p[off + 9]
+        tos = p[off + 1]
+        ttl = p[off + 8]
+        ident = _u16(p + off + 4)
+        df = _u16(p + off + 6) & 0x4000 != 0
+    elif etype == 0x86DD and n >= off + 56:
+        # IPv6 without extension headers, the payload within the frame
+        l4 = off + 40
+        end = l4 + _u16(p + off + 4)
+        if p[off] >> 4 != 6 or end == l4 or end > n:
+            return _general(data, linktype, ts, wire_len, iface)
+        version = 6
+        proto = p[off + 6]
+        tos = (_u32(p + off) >> 20) & 0xFF
+        ttl = p[off + 7]
+        ip_len = end - off
+    else:
+        return _general(data, linktype, ts, wire_len, iface)
+    # --- transport: TCP, UDP (not VXLAN), ICMP that quotes no header; else the general path
+    avail = end - l4
+    if proto == 6:
+        hlen = (p[l4 + 12] >> 4) * 4
+        if hlen < 20 or hlen > avail:
+            return _general(data, linktype, ts, wire_len, iface)
+        sport = _u16(p + l4)
+        dport = _u16(p + l4 + 2)
+        seq = _u32(p + l4 + 4)
+        ack = _u32(p + l4 + 8)
+        flags = p[l4 + 13] | ((p[l4 + 12] & 1) << 8)
+        window = _u16(p + l4 + 14)
+        if hlen > 20:
+            options = _tcp_opts(data, l4 + 20, l4 + hlen)
+        poff = l4 + hlen
+        plen = avail - hlen
+    elif proto == 17 and avail >= 8:
+        sport = _u16(p + l4)
+        dport = _u16(p + l4 + 2)
+        if sport == 4789 or dport == 4789:  # VXLAN: the general path walks the tunnel
+            return _general(data, linktype, ts, wire_len, iface)
+        ulen = _u16(p + l4 + 4)
+        poff = l4 + 8
+        plen = ulen - 8 if 8 <= ulen <= avail else avail - 8
+    elif (proto == 1 and version == 4 or proto == 58 and version == 6) and avail >= 8:
+        icmp_type = p[l4]
+        if _ICMP_ERROR[icmp_type] if version == 4 else 1 <= icmp_type <= 4:
+            return _general(data, linktype, ts, wire_len, iface)  # quotes a header
+        icmp_code = p[l4 + 1]
+        if _ICMP_ECHO[icmp_type] if version == 4 else icmp_type == 128 or icmp_type == 129:
+            icmp_id = _u16(p + l4 + 4)
+            icmp_seq = _u16(p + l4 + 6)
+        poff = l4 + 8
+        plen = avail - 8
+    else:
+        return _general(data, linktype, ts, wire_len, iface)
+    if version == 4:
+        src = _addr4(_u32(p + off + 12))
+        dst = _addr4(_u32(p + off + 16))
+    else:
+        src = _addr6(data[off + 8:off + 24])
+        dst = _addr6(data[off + 24:off + 40])
+    return _PP(
+        ts, n if wire_len is None else wire_len, n, 1, iface, data[6:12], data[0:6], vlans,
+        _EMPTY, etype, None, version, src, dst, ttl, ident, tos >> 2, tos & 3, df, False, 0,
+        False, _EMPTY, proto, ip_len, sport, dport, flags, seq, ack, window, options, icmp_type,
+        icmp_code, icmp_id, icmp_seq, None, poff, plen, data)
